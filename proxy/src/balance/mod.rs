@@ -1,0 +1,200 @@
+//! Load balancers: pure decision code.
+//!
+//! A [`Balancer`] is built from a cluster's endpoints and weights (config, overridden by the
+//! brain's policy) whenever a snapshot is built, and answers one question on the hot path:
+//! which endpoint gets this request? It reads load through [`LoadView`] and takes time, the
+//! worker index and randomness as arguments, so the simulator drives the very same code.
+//!
+//! - [`wrr`]: smooth weighted round robin, precomputed cycle.
+//! - least request: fewest in-flight per unit of weight (exact scan for small clusters, P2C for
+//!   large ones).
+//! - P2C peak-EWMA ([`ewma`]): two random candidates, the lower `latency × (in-flight + 1) / weight` wins.
+//! - [`maglev`]: consistent hashing on a key hash.
+
+pub mod ewma;
+pub mod hash;
+pub mod maglev;
+pub mod wrr;
+
+use crate::config::BalancerKind;
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use vivremotion_protocol::Nanos;
+
+/// What a balancer may know about an endpoint's load.
+pub trait LoadView {
+    fn in_flight(&self) -> u32;
+    /// Peak-EWMA latency estimate at `now`, in nanoseconds.
+    fn latency_ns(&self, now: Nanos) -> f64;
+}
+
+/// Everything a pick depends on besides the endpoints' load.
+#[derive(Debug, Clone, Copy)]
+pub struct PickInput {
+    pub now: Nanos,
+    /// Index of the worker thread asking (selects the WRR cursor).
+    pub worker: usize,
+    /// Affinity key hash, for consistent hashing. `None`: pick at random.
+    pub key_hash: Option<u64>,
+}
+
+/// Scan every endpoint up to this size; above it least-request samples two (P2C).
+const FULL_SCAN_MAX: usize = 8;
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Cursor(AtomicUsize);
+
+#[derive(Debug)]
+enum Strategy {
+    RoundRobin {
+        cycle: Box<[u32]>,
+        cursors: Box<[Cursor]>,
+    },
+    LeastRequest,
+    P2cPeakEwma,
+    ConsistentHash(maglev::Maglev),
+}
+
+#[derive(Debug)]
+pub struct Balancer {
+    kind: BalancerKind,
+    weights: Box<[u32]>,
+    /// Indices of endpoints with weight > 0.
+    eligible: Box<[u32]>,
+    strategy: Strategy,
+}
+
+impl Balancer {
+    /// A balancer over endpoints named `names` (stable identities) with `weights`, serving
+    /// `workers` worker threads.
+    pub fn new(kind: BalancerKind, names: &[&str], weights: &[u32], workers: usize) -> Balancer {
+        let eligible: Box<[u32]> = weights
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w > 0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let strategy = match kind {
+            BalancerKind::RoundRobin => {
+                let cycle: Box<[u32]> = wrr::smooth_cycle(weights).into();
+                let len = cycle.len().max(1);
+                // Workers start at different points of the cycle so that, right after a new
+                // snapshot, they do not all hit the same endpoint at once.
+                let cursors = (0..workers.max(1))
+                    .map(|w| Cursor(AtomicUsize::new(w * 7919 % len)))
+                    .collect();
+                Strategy::RoundRobin { cycle, cursors }
+            }
+            BalancerKind::LeastRequest => Strategy::LeastRequest,
+            BalancerKind::P2cPeakEwma => Strategy::P2cPeakEwma,
+            BalancerKind::ConsistentHash => match maglev::Maglev::new(names, weights) {
+                Some(m) => Strategy::ConsistentHash(m),
+                None => Strategy::LeastRequest,
+            },
+        };
+        Balancer {
+            kind,
+            weights: weights.into(),
+            eligible,
+            strategy,
+        }
+    }
+
+    pub fn kind(&self) -> BalancerKind {
+        self.kind
+    }
+
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
+    /// Pick an endpoint index, or `None` if no endpoint can take traffic.
+    pub fn pick<E: LoadView, R: Rng + ?Sized>(
+        &self,
+        endpoints: &[E],
+        input: &PickInput,
+        rng: &mut R,
+    ) -> Option<usize> {
+        if self.eligible.is_empty() || endpoints.len() != self.weights.len() {
+            return None;
+        }
+        match &self.strategy {
+            Strategy::RoundRobin { cycle, cursors } => {
+                let cursor = &cursors[input.worker % cursors.len()].0;
+                let n = cursor.fetch_add(1, Ordering::Relaxed);
+                cycle.get(n % cycle.len().max(1)).map(|&i| i as usize)
+            }
+            Strategy::LeastRequest => Some(self.least_request(endpoints, rng)),
+            Strategy::P2cPeakEwma => Some(self.p2c(endpoints, input.now, rng)),
+            Strategy::ConsistentHash(table) => match input.key_hash {
+                Some(h) => Some(table.lookup(h) as usize),
+                None => {
+                    let i = rng.random_range(0..self.eligible.len());
+                    Some(self.eligible[i] as usize)
+                }
+            },
+        }
+    }
+
+    fn least_request<E: LoadView, R: Rng + ?Sized>(&self, endpoints: &[E], rng: &mut R) -> usize {
+        let score = |i: usize| (f64::from(endpoints[i].in_flight()) + 1.0) / f64::from(self.weights[i]);
+        let n = self.eligible.len();
+        if n <= FULL_SCAN_MAX {
+            // Start the scan at a random point so ties do not always favour the first endpoint.
+            let start = rng.random_range(0..n);
+            let mut best = self.eligible[start] as usize;
+            let mut best_score = score(best);
+            for k in 1..n {
+                let i = self.eligible[(start + k) % n] as usize;
+                let s = score(i);
+                if s < best_score {
+                    best = i;
+                    best_score = s;
+                }
+            }
+            best
+        } else {
+            let (a, b) = self.two_distinct(rng);
+            if score(b) < score(a) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+
+    fn p2c<E: LoadView, R: Rng + ?Sized>(&self, endpoints: &[E], now: Nanos, rng: &mut R) -> usize {
+        if self.eligible.len() == 1 {
+            return self.eligible[0] as usize;
+        }
+        let cost = |i: usize| {
+            let e = &endpoints[i];
+            e.latency_ns(now) * (f64::from(e.in_flight()) + 1.0) / f64::from(self.weights[i])
+        };
+        let (a, b) = self.two_distinct(rng);
+        if cost(b) < cost(a) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Two different eligible endpoints, uniformly (the same one if only one is eligible).
+    fn two_distinct<R: Rng + ?Sized>(&self, rng: &mut R) -> (usize, usize) {
+        let n = self.eligible.len();
+        if n == 1 {
+            let i = self.eligible[0] as usize;
+            return (i, i);
+        }
+        let a = rng.random_range(0..n);
+        let mut b = rng.random_range(0..n - 1);
+        if b >= a {
+            b += 1;
+        }
+        (self.eligible[a] as usize, self.eligible[b] as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests;

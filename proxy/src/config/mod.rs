@@ -1,0 +1,787 @@
+//! Configuration in two phases: TOML → [`raw::RawConfig`] (shape only, unknown fields rejected)
+//! → [`validate`] → [`Config`], which cannot hold an invalid value. Every error names the field
+//! path (`routes[2].cluster`, `clusters.api.connect_timeout`) and the reason, and validation
+//! reports all the errors it finds, not just the first.
+
+pub mod raw;
+
+pub use raw::{BalancerKind, UpstreamProtocol};
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use raw::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default proxy listener of `vivremotion up` and of configs without `[[listeners]]`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<FieldError>),
+}
+
+impl ConfigError {
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ConfigError::Invalid(v) => v,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub proxy: ProxySettings,
+    pub admin: AdminSettings,
+    pub telemetry: TelemetrySettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxySettings {
+    /// Worker threads, each with its own event loop and listener socket.
+    pub workers: usize,
+    pub instance_id: String,
+    /// Seed of the balancers' RNG; `None` means a random seed per start.
+    pub seed: Option<u64>,
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    pub max_header_bytes: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetrySettings {
+    #[serde(serialize_with = "ser_duration")]
+    pub tick: Duration,
+    pub keep_windows: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    pub balancer: BalancerKind,
+    pub hash_on: Option<HashOn>,
+    pub transport: TransportConfig,
+    #[serde(serialize_with = "ser_duration")]
+    pub ewma_decay: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub ewma_default_rtt: Duration,
+}
+
+/// What decides how a cluster's connections are made; clusters whose transport is unchanged
+/// across a reload keep their connection pools.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransportConfig {
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<ClientTls>,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointConfig {
+    /// `host:port` as written; the endpoint's identity in policies and telemetry.
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    ClientIp,
+    Header(#[serde(serialize_with = "ser_header_name")] HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    pub cluster: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    pub rewrite: RewriteConfig,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MatchConfig {
+    /// Lower-cased host without port, or `*.suffix`.
+    pub host: Option<String>,
+    pub path: Option<PathMatch>,
+    pub methods: Option<Vec<String>>,
+    #[serde(serialize_with = "ser_header_pairs")]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_header_names")]
+    pub headers_present: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// Segment-aware prefix: `/api` matches `/api`, `/api/x`, `/api?q`, not `/apiary`.
+    /// A prefix ending in `/` is a plain prefix.
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RewriteConfig {
+    /// Replaces the matched `path_prefix`.
+    pub path_prefix: Option<String>,
+    #[serde(serialize_with = "ser_opt_header_value")]
+    pub host: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HeaderOps {
+    #[serde(serialize_with = "ser_header_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_header_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_header_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Header names whose values are credentials: shown as `<redacted>` by the admin API.
+const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+];
+
+fn is_sensitive(name: &HeaderName) -> bool {
+    SENSITIVE_HEADERS.contains(&name.as_str())
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_header_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+fn ser_header_names<S: serde::Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.as_str()))
+}
+
+fn ser_header_pairs<S: serde::Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(n, val)| {
+        let shown = if is_sensitive(n) {
+            "<redacted>"
+        } else {
+            val.to_str().unwrap_or("<binary>")
+        };
+        (n.as_str(), shown)
+    }))
+}
+
+fn ser_opt_header_value<S: serde::Serializer>(
+    v: &Option<HeaderValue>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(v.to_str().unwrap_or("<binary>")),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Read and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigError::Invalid(vec![FieldError {
+                path: String::new(),
+                reason: format!("TOML syntax: {}", e.message().trim()),
+            }])
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Invalid(vec![FieldError {
+                path: if path == "." { String::new() } else { path },
+                reason: inner.message().trim().to_string(),
+            }])
+        })?;
+        validate(raw)
+    }
+
+    /// The config as JSON with credentials redacted, for the admin API.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Collects errors with their paths while validation walks the raw config.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(
+                        path,
+                        format!("bad duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("bad listen address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, s: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(s.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.push(path, format!("{s:?} is not a valid HTTP header name"));
+                None
+            }
+        }
+    }
+
+    fn header_value(&mut self, path: &str, s: &str) -> Option<HeaderValue> {
+        match HeaderValue::from_str(s) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.push(path, "not a valid HTTP header value (control characters?)");
+                None
+            }
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "proxy".into() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+/// Check a raw config and build the typed one, or return every problem found.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+
+    let workers = match raw.proxy.workers {
+        None | Some(0) => default_workers(),
+        Some(n) if n > 1024 => {
+            errs.push("proxy.workers", format!("{n} workers is more than the limit of 1024"));
+            1
+        }
+        Some(n) => n,
+    };
+    let max_header_bytes = raw.proxy.max_header_bytes.unwrap_or(32 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+        errs.push(
+            "proxy.max_header_bytes",
+            format!("{max_header_bytes} is outside 1024..=1048576"),
+        );
+    }
+    let instance_id = raw.proxy.instance_id.clone().unwrap_or_else(default_instance_id);
+    if instance_id.trim().is_empty() {
+        errs.push("proxy.instance_id", "must not be empty");
+    }
+    let proxy = ProxySettings {
+        workers,
+        instance_id,
+        seed: raw.proxy.seed,
+        drain_timeout: errs.duration(
+            "proxy.drain_timeout",
+            &raw.proxy.drain_timeout,
+            Duration::from_secs(30),
+        ),
+        max_header_bytes,
+        header_read_timeout: errs.duration(
+            "proxy.header_read_timeout",
+            &raw.proxy.header_read_timeout,
+            Duration::from_secs(30),
+        ),
+    };
+    if proxy.header_read_timeout.is_zero() {
+        errs.push("proxy.header_read_timeout", "must be greater than zero");
+    }
+
+    let admin = AdminSettings {
+        listen: errs
+            .socket_addr(
+                "admin.listen",
+                raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+    };
+
+    let tick = errs.duration("telemetry.tick", &raw.telemetry.tick, Duration::from_secs(1));
+    if tick < Duration::from_millis(10) {
+        errs.push("telemetry.tick", "must be at least 10ms");
+    }
+    let keep_windows = raw.telemetry.keep_windows.unwrap_or(600);
+    if keep_windows == 0 {
+        errs.push("telemetry.keep_windows", "must be at least 1");
+    }
+    let telemetry = TelemetrySettings { tick, keep_windows };
+
+    let listeners = validate_listeners(&raw.listeners, &admin, &mut errs);
+    let clusters = validate_clusters(&raw.clusters, &mut errs);
+    let routes = validate_routes(&raw.routes, &clusters, &mut errs);
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            proxy,
+            admin,
+            telemetry,
+            listeners,
+            clusters,
+            routes,
+        })
+    } else {
+        Err(ConfigError::Invalid(errs.0))
+    }
+}
+
+fn validate_listeners(
+    raw: &[RawListener],
+    admin: &AdminSettings,
+    errs: &mut Errors,
+) -> Vec<ListenerConfig> {
+    let mut out = Vec::new();
+    if raw.is_empty() {
+        if let Ok(listen) = DEFAULT_LISTEN.parse() {
+            out.push(ListenerConfig {
+                name: "main".into(),
+                listen,
+                tls: None,
+            });
+        }
+        return out;
+    }
+    let mut names = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    for (i, l) in raw.iter().enumerate() {
+        let base = format!("listeners[{i}]");
+        let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+        if !names.insert(name.clone()) {
+            errs.push(format!("{base}.name"), format!("duplicate listener name {name:?}"));
+        }
+        let Some(listen) = errs.socket_addr(&format!("{base}.listen"), &l.listen) else {
+            continue;
+        };
+        if listen.port() != 0 && !addrs.insert(listen) {
+            errs.push(format!("{base}.listen"), format!("{listen} is used by another listener"));
+        }
+        if listen.port() != 0 && listen == admin.listen {
+            errs.push(format!("{base}.listen"), format!("{listen} is the admin address"));
+        }
+        let tls = l.tls.as_ref().map(|t| {
+            for (field, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+                if !Path::new(file).is_file() {
+                    errs.push(format!("{base}.tls.{field}"), format!("no such file {file:?}"));
+                }
+            }
+            ServerTls {
+                cert_file: PathBuf::from(&t.cert_file),
+                key_file: PathBuf::from(&t.key_file),
+            }
+        });
+        out.push(ListenerConfig { name, listen, tls });
+    }
+    out
+}
+
+fn validate_clusters(
+    raw: &BTreeMap<String, RawCluster>,
+    errs: &mut Errors,
+) -> BTreeMap<String, ClusterConfig> {
+    let mut out = BTreeMap::new();
+    for (name, c) in raw {
+        let base = format!("clusters.{name}");
+        if c.endpoints.is_empty() {
+            errs.push(format!("{base}.endpoints"), "a cluster needs at least one endpoint");
+        }
+        let mut endpoints = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let path = format!("{base}.endpoints[{i}]");
+            let (address, weight) = match e {
+                RawEndpoint::Address(a) => (a.trim().to_string(), 1),
+                RawEndpoint::Detailed(d) => (d.address.trim().to_string(), d.weight.unwrap_or(1)),
+            };
+            match address.parse::<Authority>() {
+                Ok(a) if a.port_u16().is_some() && !a.as_str().contains('@') => {}
+                _ => errs.push(
+                    path.clone(),
+                    format!("bad endpoint address {address:?}: expected host:port"),
+                ),
+            }
+            if weight > 1_000_000 {
+                errs.push(format!("{path}.weight"), format!("{weight} is above the maximum 1000000"));
+            }
+            if !seen.insert(address.clone()) {
+                errs.push(path, format!("duplicate endpoint {address:?}"));
+            }
+            endpoints.push(EndpointConfig { address, weight });
+        }
+        if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
+            errs.push(format!("{base}.endpoints"), "every endpoint has weight 0");
+        }
+        let hash_on = match c.hash_on.as_deref().map(str::trim) {
+            None => None,
+            Some("client_ip") => Some(HashOn::ClientIp),
+            Some(s) if s.starts_with("header:") => errs
+                .header_name(&format!("{base}.hash_on"), s["header:".len()..].trim())
+                .map(HashOn::Header),
+            Some(s) => {
+                errs.push(
+                    format!("{base}.hash_on"),
+                    format!("{s:?} is neither \"client_ip\" nor \"header:NAME\""),
+                );
+                None
+            }
+        };
+        if c.balancer == BalancerKind::ConsistentHash && c.hash_on.is_none() {
+            errs.push(
+                format!("{base}.hash_on"),
+                "consistent_hash needs hash_on = \"client_ip\" or \"header:NAME\"",
+            );
+        }
+        if c.protocol == UpstreamProtocol::Auto && c.tls.is_none() {
+            errs.push(
+                format!("{base}.protocol"),
+                "\"auto\" negotiates with TLS ALPN: add a [tls] table or pick http1 / http2",
+            );
+        }
+        let tls = c.tls.as_ref().map(|t| {
+            if let Some(ca) = &t.ca_file {
+                if !Path::new(ca).is_file() {
+                    errs.push(format!("{base}.tls.ca_file"), format!("no such file {ca:?}"));
+                }
+            }
+            ClientTls {
+                ca_file: t.ca_file.as_ref().map(PathBuf::from),
+                server_name: t.server_name.clone(),
+            }
+        });
+        let transport = TransportConfig {
+            protocol: c.protocol,
+            tls,
+            connect_timeout: errs.duration(
+                &format!("{base}.connect_timeout"),
+                &c.connect_timeout,
+                Duration::from_secs(2),
+            ),
+            pool_idle_timeout: errs.duration(
+                &format!("{base}.pool_idle_timeout"),
+                &c.pool_idle_timeout,
+                Duration::from_secs(60),
+            ),
+            pool_max_idle_per_endpoint: c.pool_max_idle_per_endpoint.unwrap_or(1024),
+        };
+        let ewma_decay = errs.duration(
+            &format!("{base}.ewma_decay"),
+            &c.ewma_decay,
+            Duration::from_secs(10),
+        );
+        if ewma_decay.is_zero() {
+            errs.push(format!("{base}.ewma_decay"), "must be greater than zero");
+        }
+        out.insert(
+            name.clone(),
+            ClusterConfig {
+                name: name.clone(),
+                endpoints,
+                balancer: c.balancer,
+                hash_on,
+                transport,
+                ewma_decay,
+                ewma_default_rtt: errs.duration(
+                    &format!("{base}.ewma_default_rtt"),
+                    &c.ewma_default_rtt,
+                    Duration::from_millis(30),
+                ),
+            },
+        );
+    }
+    out
+}
+
+fn validate_routes(
+    raw: &[RawRoute],
+    clusters: &BTreeMap<String, ClusterConfig>,
+    errs: &mut Errors,
+) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        if name.trim().is_empty() {
+            errs.push(format!("{base}.name"), "must not be empty");
+        }
+        if !names.insert(name.clone()) {
+            errs.push(format!("{base}.name"), format!("duplicate route name {name:?}"));
+        }
+        if !clusters.contains_key(&r.cluster) {
+            let known: Vec<_> = clusters.keys().map(String::as_str).collect();
+            errs.push(
+                format!("{base}.cluster"),
+                format!("unknown cluster {:?} (defined: {})", r.cluster, known.join(", ")),
+            );
+        }
+        let matcher = validate_match(&base, &r.matcher, errs);
+        let rewrite = match &r.rewrite {
+            None => RewriteConfig::default(),
+            Some(rw) => {
+                if let Some(p) = &rw.path_prefix {
+                    if !p.starts_with('/') {
+                        errs.push(format!("{base}.rewrite.path_prefix"), "must start with '/'");
+                    }
+                    if !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
+                        errs.push(
+                            format!("{base}.rewrite.path_prefix"),
+                            "needs match.path_prefix: it replaces the matched prefix",
+                        );
+                    }
+                }
+                RewriteConfig {
+                    path_prefix: rw.path_prefix.clone(),
+                    host: rw.host.as_ref().and_then(|h| {
+                        errs.header_value(&format!("{base}.rewrite.host"), h)
+                    }),
+                }
+            }
+        };
+        let request_headers = validate_header_ops(&format!("{base}.request_headers"), &r.request_headers, errs);
+        let response_headers = validate_header_ops(&format!("{base}.response_headers"), &r.response_headers, errs);
+        let timeout = errs.duration(&format!("{base}.timeout"), &r.timeout, Duration::from_secs(30));
+        if timeout.is_zero() {
+            errs.push(format!("{base}.timeout"), "must be greater than zero");
+        }
+        out.push(RouteConfig {
+            name,
+            cluster: r.cluster.clone(),
+            matcher,
+            rewrite,
+            request_headers,
+            response_headers,
+            timeout,
+            max_body_bytes: r.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        });
+    }
+    out
+}
+
+fn validate_match(base: &str, m: &RawMatch, errs: &mut Errors) -> MatchConfig {
+    let base = format!("{base}.match");
+    let host = m.host.as_ref().map(|h| {
+        let h = h.trim().to_ascii_lowercase();
+        let bare = h.strip_prefix("*.").unwrap_or(&h);
+        if bare.is_empty() || bare.contains(['/', ' ', '*', ':']) {
+            errs.push(
+                format!("{base}.host"),
+                format!("{h:?} is not a host name (or \"*.suffix\"); leave out the port"),
+            );
+        }
+        h
+    });
+    let path = match (&m.path_prefix, &m.path_exact) {
+        (Some(_), Some(_)) => {
+            errs.push(format!("{base}.path_exact"), "set path_prefix or path_exact, not both");
+            None
+        }
+        (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+            let field = if m.path_prefix.is_some() { "path_prefix" } else { "path_exact" };
+            errs.push(format!("{base}.{field}"), format!("{p:?} must start with '/'"));
+            None
+        }
+        (Some(p), None) => Some(PathMatch::Prefix(p.clone())),
+        (None, Some(p)) => Some(PathMatch::Exact(p.clone())),
+        (None, None) => None,
+    };
+    let methods = m.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let up = s.trim().to_ascii_uppercase();
+                if http::Method::from_bytes(up.as_bytes()).is_err() || up.is_empty() {
+                    errs.push(format!("{base}.methods[{i}]"), format!("{s:?} is not an HTTP method"));
+                }
+                up
+            })
+            .collect()
+    });
+    let headers = m
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = format!("{base}.headers.{k}");
+            Some((errs.header_name(&p, k)?, errs.header_value(&p, v)?))
+        })
+        .collect();
+    let headers_present = m
+        .headers_present
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| errs.header_name(&format!("{base}.headers_present[{i}]"), k))
+        .collect();
+    MatchConfig {
+        host,
+        path,
+        methods,
+        headers,
+        headers_present,
+    }
+}
+
+/// Headers a route may not set or remove: they are managed by the proxy itself.
+const MANAGED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+fn validate_header_ops(base: &str, ops: &RawHeaderOps, errs: &mut Errors) -> HeaderOps {
+    let mut pairs = |field: &str, map: &BTreeMap<String, String>| -> Vec<(HeaderName, HeaderValue)> {
+        map.iter()
+            .filter_map(|(k, v)| {
+                let p = format!("{base}.{field}.{k}");
+                let n = errs.header_name(&p, k)?;
+                if MANAGED_HEADERS.contains(&n.as_str()) {
+                    errs.push(p.clone(), format!("{n} is managed by the proxy and cannot be set"));
+                }
+                Some((n, errs.header_value(&p, v)?))
+            })
+            .collect()
+    };
+    let set = pairs("set", &ops.set);
+    let add = pairs("add", &ops.add);
+    let remove = ops
+        .remove
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| errs.header_name(&format!("{base}.remove[{i}]"), k))
+        .collect();
+    HeaderOps { set, add, remove }
+}
+
+#[cfg(test)]
+mod tests;

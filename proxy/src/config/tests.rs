@@ -1,0 +1,168 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+
+[[routes]]
+name = "all"
+cluster = "backend"
+"#;
+
+fn errors_of(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+        Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_sane_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.telemetry.tick, Duration::from_secs(1));
+    let b = &c.clusters["backend"];
+    assert_eq!(b.balancer, BalancerKind::P2cPeakEwma);
+    assert_eq!(b.endpoints[1].weight, 3);
+    assert_eq!(c.routes[0].timeout, Duration::from_secs(30));
+    assert!(c.routes[0].matcher.path.is_none());
+}
+
+#[test]
+fn example_file_is_valid() {
+    let text = include_str!("../../../examples/vivremotion.toml");
+    let c = Config::parse(text).unwrap_or_else(|e| panic!("examples/vivremotion.toml: {e}"));
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let errs = errors_of(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:1"]
+balancr = "round_robin"
+"#,
+    );
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("clusters.backend.balancr"), "{errs:?}");
+    assert!(errs[0].contains("unknown field"), "{errs:?}");
+}
+
+#[test]
+fn bad_enum_value_lists_choices() {
+    let errs = errors_of(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:1"]
+balancer = "random"
+"#,
+    );
+    assert!(errs[0].starts_with("clusters.backend.balancer"), "{errs:?}");
+    assert!(errs[0].contains("round_robin"), "{errs:?}");
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_path() {
+    let errs = errors_of(
+        r#"
+[proxy]
+drain_timeout = "soon"
+
+[clusters.backend]
+endpoints = ["no-port", "127.0.0.1:2", "127.0.0.1:2"]
+connect_timeout = "5 parsecs"
+
+[[routes]]
+name = "a"
+cluster = "missing"
+match = { path_prefix = "api" }
+
+[[routes]]
+name = "a"
+cluster = "backend"
+request_headers = { set = { "bad header" = "x", "connection" = "close" } }
+rewrite = { path_prefix = "/v2" }
+"#,
+    );
+    let joined = errs.join("\n");
+    for expected in [
+        "proxy.drain_timeout: bad duration \"soon\"",
+        "clusters.backend.endpoints[0]: bad endpoint address \"no-port\"",
+        "clusters.backend.endpoints[2]: duplicate endpoint",
+        "clusters.backend.connect_timeout: bad duration",
+        "routes[0].cluster: unknown cluster \"missing\" (defined: backend)",
+        "routes[0].match.path_prefix: \"api\" must start with '/'",
+        "routes[1].name: duplicate route name \"a\"",
+        "routes[1].request_headers.set.bad header: \"bad header\" is not a valid HTTP header name",
+        "routes[1].request_headers.set.connection: connection is managed by the proxy",
+        "routes[1].rewrite.path_prefix: needs match.path_prefix",
+    ] {
+        assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn consistent_hash_needs_a_key() {
+    let errs = errors_of(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:1"]
+balancer = "consistent_hash"
+"#,
+    );
+    assert!(errs[0].starts_with("clusters.backend.hash_on"), "{errs:?}");
+    let ok = Config::parse(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:1"]
+balancer = "consistent_hash"
+hash_on = "header:X-User"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.clusters["backend"].hash_on,
+        Some(HashOn::Header(HeaderName::from_static("x-user")))
+    );
+}
+
+#[test]
+fn toml_syntax_errors_are_reported() {
+    let errs = errors_of("[clusters.backend\nendpoints = 1");
+    assert!(errs[0].starts_with("TOML syntax"), "{errs:?}");
+}
+
+#[test]
+fn bad_endpoint_shape_explains_both_forms() {
+    let errs = errors_of(
+        r#"
+[clusters.backend]
+endpoints = [42]
+"#,
+    );
+    assert!(errs[0].starts_with("clusters.backend.endpoints[0]"), "{errs:?}");
+    assert!(errs[0].contains("\"host:port\" or { address"), "{errs:?}");
+}
+
+#[test]
+fn credentials_are_redacted_in_json() {
+    let c = Config::parse(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+cluster = "backend"
+request_headers = { set = { authorization = "Bearer sk-secret", x-team = "blue" } }
+"#,
+    )
+    .unwrap();
+    let json = c.redacted_json().to_string();
+    assert!(!json.contains("sk-secret"), "{json}");
+    assert!(json.contains("<redacted>"), "{json}");
+    assert!(json.contains("blue"), "{json}");
+    assert!(json.contains("\"timeout\":\"30s\""), "{json}");
+}

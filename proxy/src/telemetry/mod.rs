@@ -1,0 +1,15 @@
+//! Telemetry: recorded on the request path into per-worker shards, assembled off it.
+//!
+//! - [`recorder`]: [`ScopeStats`], one per route × upstream endpoint: per-worker shards of
+//!   relaxed atomic counters and a dense log-bucket latency histogram. Recording is a handful
+//!   of uncontended atomic adds: no lock, no allocation.
+//! - [`collector`]: every tick, sums the shards, takes deltas against the previous tick and
+//!   emits one `protocol::Telemetry` window per scope into a bounded in-memory store.
+//! - [`prometheus`]: renders the same cumulative counters in the Prometheus text format.
+
+pub mod collector;
+pub mod prometheus;
+pub mod recorder;
+
+pub use collector::{Collector, TelemetryStore};
+pub use recorder::{Outcome, ScopeStats, StatsRegistry};

@@ -1,0 +1,142 @@
+//! Prometheus text exposition of the per-scope request statistics.
+//!
+//! These families are rendered straight from the recorder's shards rather than through the
+//! `metrics` facade: the request path records once, into its per-worker shards, and both the
+//! telemetry windows and `/metrics` read the same numbers.
+
+use super::recorder::{Ctr, ScopeStats};
+use std::fmt::Write;
+use std::sync::Arc;
+use vivremotion_protocol::sketch::bucket_upper_bound;
+
+/// Histogram bucket bounds in seconds.
+pub const LATENCY_BUCKETS_S: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Escape a label value per the exposition format.
+pub fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels(s: &ScopeStats) -> String {
+    format!(
+        "route=\"{}\",cluster=\"{}\",upstream=\"{}\"",
+        escape(&s.scope.route),
+        escape(s.scope.cluster.as_deref().unwrap_or("")),
+        escape(s.scope.upstream.as_deref().unwrap_or(""))
+    )
+}
+
+/// Render request families for all scopes.
+pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
+    let totals: Vec<_> = scopes.iter().map(|s| (labels(s), s.totals())).collect();
+
+    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class.");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_total counter");
+    for (l, t) in &totals {
+        for (class, c) in [("1xx", Ctr::S1xx), ("2xx", Ctr::S2xx), ("3xx", Ctr::S3xx), ("4xx", Ctr::S4xx), ("5xx", Ctr::S5xx)] {
+            let v = t.get(c);
+            if v > 0 {
+                let _ = writeln!(out, "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {v}");
+            }
+        }
+    }
+
+    let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_errors_total Upstream failures by kind.");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_errors_total counter");
+    for (l, t) in &totals {
+        for (kind, c) in [
+            ("connect", Ctr::ErrConnect),
+            ("timeout", Ctr::ErrTimeout),
+            ("reset", Ctr::ErrReset),
+            ("5xx", Ctr::Upstream5xx),
+            ("429", Ctr::Upstream429),
+        ] {
+            let v = t.get(c);
+            if v > 0 {
+                let _ = writeln!(out, "vivremotion_proxy_upstream_errors_total{{{l},kind=\"{kind}\"}} {v}");
+            }
+        }
+    }
+
+    let _ = writeln!(out, "# HELP vivremotion_proxy_request_duration_seconds Time from request received to response headers.");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_request_duration_seconds histogram");
+    for (l, t) in &totals {
+        let mut cum = 0u64;
+        let mut bi = 0usize;
+        for &le in LATENCY_BUCKETS_S {
+            let le_us = le * 1e6;
+            // Sketch buckets are 2 % wide; a bucket counts toward `le` if it ends at or below it.
+            while bi < t.hist.len() && bucket_upper_bound(bi) <= le_us {
+                cum += t.hist[bi];
+                bi += 1;
+            }
+            let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {cum}");
+        }
+        let count: u64 = t.hist.iter().sum();
+        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_sum{{{l}}} {}", t.get(Ctr::LatencySumUs) as f64 / 1e6);
+        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_count{{{l}}} {count}");
+    }
+
+    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_in_flight Requests being processed.");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_in_flight gauge");
+    for (l, t) in &totals {
+        let _ = writeln!(out, "vivremotion_proxy_requests_in_flight{{{l}}} {}", t.in_flight.max(0));
+    }
+
+    for (name, help, c) in [
+        ("vivremotion_proxy_request_body_bytes_total", "Request body bytes received from clients.", Ctr::BytesIn),
+        ("vivremotion_proxy_response_body_bytes_total", "Response body bytes sent to clients.", Ctr::BytesOut),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (l, t) in &totals {
+            let _ = writeln!(out, "{name}{{{l}}} {}", t.get(c));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::recorder::Outcome;
+    use vivremotion_protocol::telemetry::Scope;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let s = Arc::new(ScopeStats::new(
+            Scope {
+                route: "a\"b".into(),
+                cluster: Some("c".into()),
+                upstream: Some("h:1".into()),
+            },
+            1,
+        ));
+        for us in [300.0, 3_000.0, 3_000_000.0] {
+            s.finish(
+                0,
+                &Outcome {
+                    status: 200,
+                    upstream_status: Some(200),
+                    failure: None,
+                    latency_us: us,
+                    bytes_in: 1,
+                    bytes_out: 2,
+                },
+                false,
+            );
+        }
+        let mut out = String::new();
+        render_scopes(&mut out, &[s]);
+        let l = "route=\"a\\\"b\",cluster=\"c\",upstream=\"h:1\"";
+        assert!(out.contains(&format!("vivremotion_proxy_requests_total{{{l},code_class=\"2xx\"}} 3")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.005\"}} 2")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"2.5\"}} 2")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"5\"}} 3")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_count{{{l}}} 3")), "{out}");
+        assert!(out.contains(&format!("vivremotion_proxy_response_body_bytes_total{{{l}}} 6")), "{out}");
+    }
+}

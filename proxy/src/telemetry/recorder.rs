@@ -1,0 +1,276 @@
+//! Per-scope, per-worker request statistics.
+
+use crate::error::UpstreamFailure;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use vivremotion_protocol::sketch::{bucket_index, DENSE_BUCKETS};
+use vivremotion_protocol::telemetry::Scope;
+
+/// Counter slots in a shard.
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+pub enum Ctr {
+    Requests,
+    S1xx,
+    S2xx,
+    S3xx,
+    S4xx,
+    S5xx,
+    ErrConnect,
+    ErrTimeout,
+    ErrReset,
+    Upstream5xx,
+    Upstream429,
+    BytesIn,
+    BytesOut,
+    /// Sum of latencies in µs.
+    LatencySumUs,
+}
+
+pub const NUM_COUNTERS: usize = Ctr::LatencySumUs as usize + 1;
+
+/// What happened to one request, recorded when it is finished.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Status sent to the client.
+    pub status: u16,
+    /// Status the upstream answered, if it did.
+    pub upstream_status: Option<u16>,
+    pub failure: Option<UpstreamFailure>,
+    /// Request received → response headers (from upstream, or local answer), µs.
+    pub latency_us: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One worker's counters for one scope, on its own cache lines.
+#[repr(align(64))]
+struct Shard {
+    counters: [AtomicU64; NUM_COUNTERS],
+    hist: Box<[AtomicU64]>,
+    /// Window minimum and maximum latency (µs), reset by the collector each tick.
+    window_min_us: AtomicU64,
+    window_max_us: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            hist: (0..DENSE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            window_min_us: AtomicU64::new(u64::MAX),
+            window_max_us: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Statistics of one scope (route × upstream endpoint).
+pub struct ScopeStats {
+    pub scope: Scope,
+    shards: Box<[Shard]>,
+}
+
+impl std::fmt::Debug for ScopeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeStats").field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+/// Cumulative totals of a scope, summed over shards.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    pub counters: [u64; NUM_COUNTERS],
+    pub hist: Vec<u64>,
+    pub in_flight: i64,
+}
+
+impl Totals {
+    pub fn get(&self, c: Ctr) -> u64 {
+        self.counters[c as usize]
+    }
+}
+
+impl ScopeStats {
+    pub fn new(scope: Scope, workers: usize) -> ScopeStats {
+        ScopeStats {
+            scope,
+            // One shard per worker plus one for any other thread.
+            shards: (0..workers + 1).map(|_| Shard::new()).collect(),
+        }
+    }
+
+    fn shard(&self, worker: usize) -> &Shard {
+        &self.shards[worker.min(self.shards.len() - 1)]
+    }
+
+    pub fn start(&self, worker: usize) {
+        self.shard(worker).in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Record a finished request. `started` says whether [`start`](Self::start) was called.
+    pub fn finish(&self, worker: usize, o: &Outcome, started: bool) {
+        let s = self.shard(worker);
+        if started {
+            s.in_flight.fetch_sub(1, Relaxed);
+        }
+        let add = |c: Ctr, v: u64| {
+            if v != 0 {
+                s.counters[c as usize].fetch_add(v, Relaxed);
+            }
+        };
+        add(Ctr::Requests, 1);
+        let class = match o.status {
+            100..=199 => Ctr::S1xx,
+            200..=299 => Ctr::S2xx,
+            300..=399 => Ctr::S3xx,
+            400..=499 => Ctr::S4xx,
+            _ => Ctr::S5xx,
+        };
+        add(class, 1);
+        match o.failure {
+            Some(UpstreamFailure::Connect) => add(Ctr::ErrConnect, 1),
+            Some(UpstreamFailure::Timeout) => add(Ctr::ErrTimeout, 1),
+            Some(UpstreamFailure::Reset) => add(Ctr::ErrReset, 1),
+            None => {}
+        }
+        match o.upstream_status {
+            Some(429) => add(Ctr::Upstream429, 1),
+            Some(st) if st >= 500 => add(Ctr::Upstream5xx, 1),
+            _ => {}
+        }
+        add(Ctr::BytesIn, o.bytes_in);
+        add(Ctr::BytesOut, o.bytes_out);
+        let us = if o.latency_us.is_finite() { o.latency_us.max(0.0) } else { 0.0 };
+        add(Ctr::LatencySumUs, us as u64);
+        s.hist[bucket_index(us)].fetch_add(1, Relaxed);
+        let us_int = us as u64;
+        s.window_min_us.fetch_min(us_int, Relaxed);
+        s.window_max_us.fetch_max(us_int, Relaxed);
+    }
+
+    /// Cumulative totals over all shards.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            counters: [0; NUM_COUNTERS],
+            hist: vec![0; DENSE_BUCKETS],
+            in_flight: 0,
+        };
+        for s in self.shards.iter() {
+            for (acc, c) in t.counters.iter_mut().zip(s.counters.iter()) {
+                *acc += c.load(Relaxed);
+            }
+            for (acc, c) in t.hist.iter_mut().zip(s.hist.iter()) {
+                *acc += c.load(Relaxed);
+            }
+            t.in_flight += s.in_flight.load(Relaxed);
+        }
+        t
+    }
+
+    /// Take the window's min and max latency (µs) and start a new window.
+    pub fn take_window_extremes(&self) -> (f64, f64) {
+        let mut min = u64::MAX;
+        let mut max = 0;
+        for s in self.shards.iter() {
+            min = min.min(s.window_min_us.swap(u64::MAX, Relaxed));
+            max = max.max(s.window_max_us.swap(0, Relaxed));
+        }
+        (if min == u64::MAX { 0.0 } else { min as f64 }, max as f64)
+    }
+}
+
+/// All scopes' stats by scope. Locked only when snapshots are built and when the collector
+/// looks for new scopes, never on the request path.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    scopes: Mutex<HashMap<Scope, Arc<ScopeStats>>>,
+}
+
+impl StatsRegistry {
+    pub fn get_or_create(&self, scope: Scope, workers: usize) -> Arc<ScopeStats> {
+        let mut map = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(scope.clone())
+            .or_insert_with(|| Arc::new(ScopeStats::new(scope, workers)))
+            .clone()
+    }
+
+    /// Keep only the scopes in `live`.
+    pub fn retain(&self, live: &std::collections::HashSet<Scope>) {
+        let mut map = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| live.contains(k));
+    }
+
+    pub fn all(&self) -> Vec<Arc<ScopeStats>> {
+        let map = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.scope.cmp(&b.scope));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> Scope {
+        Scope {
+            route: "r".into(),
+            cluster: Some("c".into()),
+            upstream: Some("a:1".into()),
+        }
+    }
+
+    fn ok(latency_us: f64) -> Outcome {
+        Outcome {
+            status: 200,
+            upstream_status: Some(200),
+            failure: None,
+            latency_us,
+            bytes_in: 10,
+            bytes_out: 100,
+        }
+    }
+
+    #[test]
+    fn shards_sum_up() {
+        let s = ScopeStats::new(scope(), 2);
+        s.start(0);
+        s.start(1);
+        s.start(7); // out-of-range worker lands on the spare shard
+        s.finish(0, &ok(1000.0), true);
+        s.finish(1, &ok(3000.0), true);
+        s.finish(
+            7,
+            &Outcome {
+                status: 502,
+                upstream_status: None,
+                failure: Some(UpstreamFailure::Connect),
+                ..ok(10.0)
+            },
+            true,
+        );
+        let t = s.totals();
+        assert_eq!(t.get(Ctr::Requests), 3);
+        assert_eq!(t.get(Ctr::S2xx), 2);
+        assert_eq!(t.get(Ctr::S5xx), 1);
+        assert_eq!(t.get(Ctr::ErrConnect), 1);
+        assert_eq!(t.get(Ctr::BytesOut), 300);
+        assert_eq!(t.in_flight, 0);
+        assert_eq!(t.hist.iter().sum::<u64>(), 3);
+        assert_eq!(s.take_window_extremes(), (10.0, 3000.0));
+        assert_eq!(s.take_window_extremes(), (0.0, 0.0));
+    }
+
+    #[test]
+    fn registry_reuses_and_prunes() {
+        let r = StatsRegistry::default();
+        let a = r.get_or_create(scope(), 1);
+        let b = r.get_or_create(scope(), 1);
+        assert!(Arc::ptr_eq(&a, &b));
+        r.retain(&Default::default());
+        assert!(r.all().is_empty());
+    }
+}
