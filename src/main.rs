@@ -1,1 +1,290 @@
-fn main() {}
+//! The `vivremotion` binary: parses the command line, builds the app, waits for shutdown.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use vivremotion_proxy::config::Config;
+use vivremotion_proxy::demo::{DemoSettings, DemoUpstream, DemoUpstreams};
+use vivremotion_proxy::{App, AppOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "vivremotion",
+    version,
+    about = "Adaptive, ML-driven traffic orchestrator"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process on embedded defaults: proxy, admin API, three demo upstreams.
+    Up {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin API listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// Run the data-plane proxy from a config file.
+    Proxy {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if valid, else print each error with its field path.
+    CheckConfig { file: PathBuf },
+    /// Run one standalone demo upstream.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(long, default_value_t = 5.0)]
+        latency_ms: f64,
+        #[arg(long, default_value_t = 0.0)]
+        jitter_ms: f64,
+        /// Share of requests answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Proxy { config } => run_proxy(config),
+        Command::Up {
+            listen,
+            admin,
+            workers,
+        } => run_up(listen, admin, workers),
+        Command::DemoUpstream {
+            listen,
+            name,
+            latency_ms,
+            jitter_ms,
+            error_rate,
+        } => run_demo_upstream(
+            listen,
+            name,
+            DemoSettings {
+                latency_ms,
+                jitter_ms,
+                error_rate,
+                down: false,
+            },
+        ),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> std::process::ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} clusters, {} routes)",
+                file.display(),
+                c.listeners.len(),
+                c.clusters.len(),
+                c.routes.len()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid", file.display());
+            for line in e.to_string().lines() {
+                eprintln!("  {line}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("vm-control")
+        .build()
+        .context("cannot start the control runtime")
+}
+
+/// Resolves at the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term_recv = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term_recv => {}
+    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second interrupt: exiting without waiting for in-flight requests");
+            std::process::exit(130);
+        }
+    });
+}
+
+fn ready_line(app: &App) -> String {
+    let listeners: Vec<String> = app
+        .listener_addrs()
+        .iter()
+        .map(|(n, a)| format!("{n}@{a}"))
+        .collect();
+    format!(
+        "ready listeners={} admin={}",
+        listeners.join(","),
+        app.admin_addr()
+    )
+}
+
+fn run_proxy(path: PathBuf) -> Result<()> {
+    let config =
+        Config::load(&path).with_context(|| format!("invalid config {}", path.display()))?;
+    let rt = control_runtime()?;
+    let mut opts = AppOptions::new(config);
+    opts.config_path = Some(path);
+    let app = App::build(opts)?;
+    println!("{}", ready_line(&app));
+    tracing::info!("{}", ready_line(&app));
+    rt.block_on(app.run(shutdown_signal()))?;
+    Ok(())
+}
+
+fn up_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    workers: usize,
+    demo: &DemoUpstreams,
+) -> Result<Config> {
+    let endpoints: Vec<String> = demo
+        .all()
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr()))
+        .collect();
+    let text = format!(
+        r#"
+[proxy]
+workers = {workers}
+instance_id = "up"
+
+[admin]
+listen = "{admin}"
+
+[[listeners]]
+name = "main"
+listen = "{listen}"
+
+[clusters.demo]
+endpoints = [{endpoints}]
+balancer = "p2c_peak_ewma"
+
+[[routes]]
+name = "demo"
+cluster = "demo"
+timeout = "10s"
+"#,
+        endpoints = endpoints.join(", ")
+    );
+    Ok(Config::parse(&text)?)
+}
+
+fn run_up(listen: SocketAddr, admin: SocketAddr, workers: usize) -> Result<()> {
+    let rt = control_runtime()?;
+    rt.block_on(async {
+        let demo = DemoUpstreams::start_default(7).await.context("cannot start demo upstreams")?;
+        let config = up_config(listen, admin, workers, &demo)?;
+        let mut opts = AppOptions::new(config);
+        opts.demo = Some(demo.clone());
+        let app = App::build(opts)?;
+        let proxy = app.listener_addrs().first().map(|(_, a)| *a).unwrap_or(listen);
+        let admin = app.admin_addr();
+        let names: Vec<String> = demo
+            .all()
+            .iter()
+            .map(|u| {
+                let s = u.settings();
+                format!("{} ({}, ~{} ms)", u.name, u.addr(), s.latency_ms + s.jitter_ms / 2.0)
+            })
+            .collect();
+        println!(
+            "vivremotion is up\n\
+             \x20 proxy      http://{proxy}/        (HTTP/1.1 and h2c)\n\
+             \x20 admin      http://{admin}/metrics  /api/v1/upstreams  /api/v1/telemetry\n\
+             \x20 upstreams  {}\n\
+             \n\
+             Try:\n\
+             \x20 curl -s http://{proxy}/hello\n\
+             \x20 curl -s http://{admin}/api/v1/upstreams\n\
+             \x20 curl -s -X POST http://{admin}/api/v1/demo/upstreams/alpha -d '{{\"latency_ms\": 200}}'\n\
+             \n\
+             {}\n\
+             Ctrl-C drains in-flight requests and exits.",
+            names.join(", "),
+            ready_line(&app)
+        );
+        app.run(shutdown_signal()).await?;
+        for u in demo.all() {
+            u.stop();
+        }
+        Ok(())
+    })
+}
+
+fn run_demo_upstream(listen: SocketAddr, name: String, settings: DemoSettings) -> Result<()> {
+    let rt = control_runtime()?;
+    rt.block_on(async {
+        let u: Arc<DemoUpstream> = DemoUpstream::new(&name, listen, settings, 1);
+        let addr = u
+            .start()
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        println!("ready demo-upstream {name}@{addr}");
+        shutdown_signal().await;
+        u.stop();
+        Ok(())
+    })
+}

@@ -28,7 +28,10 @@ impl Nanos {
     }
 
     pub fn saturating_add(self, d: Duration) -> Nanos {
-        Nanos(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        Nanos(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 
     pub fn as_secs_f64(self) -> f64 {
@@ -142,6 +145,9 @@ mod tests {
     #[test]
     fn saturating_arithmetic() {
         assert_eq!(Nanos(5).saturating_since(Nanos(10)), Duration::ZERO);
-        assert_eq!(Nanos(u64::MAX).saturating_add(Duration::from_secs(1)), Nanos(u64::MAX));
+        assert_eq!(
+            Nanos(u64::MAX).saturating_add(Duration::from_secs(1)),
+            Nanos(u64::MAX)
+        );
     }
 }

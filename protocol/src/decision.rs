@@ -122,7 +122,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn new(id: String, at_ms: u64, kind: DecisionKind, scope: String, mode: DecisionMode) -> Self {
+    pub fn new(
+        id: String,
+        at_ms: u64,
+        kind: DecisionKind,
+        scope: String,
+        mode: DecisionMode,
+    ) -> Self {
         Decision {
             schema_version: SCHEMA_VERSION,
             id,

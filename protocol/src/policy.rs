@@ -64,18 +64,36 @@ pub struct ModelPolicy {
 /// Why a policy is malformed. The string is the field path.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyError {
-    SchemaVersion { found: u32, expected: u32 },
-    AllWeightsZero { path: String },
-    NotFinite { path: String },
-    OutOfRange { path: String, value: f64, min: f64, max: f64 },
-    Stale { version: u64, current: u64 },
+    SchemaVersion {
+        found: u32,
+        expected: u32,
+    },
+    AllWeightsZero {
+        path: String,
+    },
+    NotFinite {
+        path: String,
+    },
+    OutOfRange {
+        path: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    Stale {
+        version: u64,
+        current: u64,
+    },
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PolicyError::SchemaVersion { found, expected } => {
-                write!(f, "schema_version: {found} is not the supported version {expected}")
+                write!(
+                    f,
+                    "schema_version: {found} is not the supported version {expected}"
+                )
             }
             PolicyError::AllWeightsZero { path } => {
                 write!(f, "{path}: every weight is zero, nothing could be routed")
@@ -218,17 +236,27 @@ mod tests {
             r.upstream_weights.values_mut().for_each(|w| *w = 0);
         }
         let err = p.validate().unwrap_err();
-        assert_eq!(err.to_string(), "routes.api.upstream_weights: every weight is zero, nothing could be routed");
+        assert_eq!(
+            err.to_string(),
+            "routes.api.upstream_weights: every weight is zero, nothing could be routed"
+        );
 
         let mut p = sample();
         if let Some(r) = p.routes.get_mut("api") {
             r.shed_threshold.insert(Priority::Default, 1.5);
         }
-        assert!(p.validate().unwrap_err().to_string().starts_with("routes.api.shed_threshold.default"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("routes.api.shed_threshold.default"));
 
         let mut p = sample();
         p.schema_version = 99;
-        assert!(matches!(p.validate(), Err(PolicyError::SchemaVersion { found: 99, .. })));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::SchemaVersion { found: 99, .. })
+        ));
     }
 
     #[test]
@@ -242,6 +270,12 @@ mod tests {
     fn only_newer_versions_replace() {
         let p = sample();
         assert!(p.check_newer_than(2).is_ok());
-        assert_eq!(p.check_newer_than(3), Err(PolicyError::Stale { version: 3, current: 3 }));
+        assert_eq!(
+            p.check_newer_than(3),
+            Err(PolicyError::Stale {
+                version: 3,
+                current: 3
+            })
+        );
     }
 }

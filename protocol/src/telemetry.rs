@@ -150,7 +150,13 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// An empty window for a scope.
-    pub fn empty(instance: &str, seq: u64, window_start_ms: u64, window_ms: u64, scope: Scope) -> Self {
+    pub fn empty(
+        instance: &str,
+        seq: u64,
+        window_start_ms: u64,
+        window_ms: u64,
+        scope: Scope,
+    ) -> Self {
         Telemetry {
             schema_version: SCHEMA_VERSION,
             instance: instance.to_string(),
@@ -216,7 +222,13 @@ mod tests {
 
     #[test]
     fn priorities_serialize_snake_case() {
-        assert_eq!(serde_json::to_string(&Priority::Sheddable).unwrap(), "\"sheddable\"");
-        assert_eq!(Priority::ALL.map(|p| p.as_str()), ["critical", "default", "sheddable"]);
+        assert_eq!(
+            serde_json::to_string(&Priority::Sheddable).unwrap(),
+            "\"sheddable\""
+        );
+        assert_eq!(
+            Priority::ALL.map(|p| p.as_str()),
+            ["critical", "default", "sheddable"]
+        );
     }
 }

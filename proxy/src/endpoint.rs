@@ -8,7 +8,7 @@
 use crate::balance::ewma::PeakEwma;
 use crate::balance::LoadView;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use vivremotion_protocol::Nanos;
 
@@ -22,6 +22,7 @@ pub struct EndpointState {
     in_flight: AtomicU32,
     ewma_estimate_bits: AtomicU64,
     ewma_stamp: AtomicU64,
+    ewma_primed: AtomicBool,
     decay_ns: AtomicU64,
     consecutive_failures: AtomicU32,
     last_failure_unix_ms: AtomicU64,
@@ -36,7 +37,13 @@ pub enum HealthState {
 }
 
 impl EndpointState {
-    pub fn new(cluster: &str, address: &str, default_rtt: Duration, decay: Duration, now: Nanos) -> Self {
+    pub fn new(
+        cluster: &str,
+        address: &str,
+        default_rtt: Duration,
+        decay: Duration,
+        now: Nanos,
+    ) -> Self {
         let e = PeakEwma::new(default_rtt, now);
         EndpointState {
             cluster: cluster.to_string(),
@@ -44,6 +51,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             ewma_estimate_bits: AtomicU64::new(e.estimate_ns.to_bits()),
             ewma_stamp: AtomicU64::new(e.stamp.0),
+            ewma_primed: AtomicBool::new(false),
             decay_ns: AtomicU64::new(Nanos::from_duration(decay).0),
             consecutive_failures: AtomicU32::new(0),
             last_failure_unix_ms: AtomicU64::new(0),
@@ -62,6 +70,7 @@ impl EndpointState {
         PeakEwma {
             estimate_ns: f64::from_bits(self.ewma_estimate_bits.load(Relaxed)),
             stamp: Nanos(self.ewma_stamp.load(Relaxed)),
+            primed: self.ewma_primed.load(Relaxed),
         }
     }
 
@@ -82,8 +91,12 @@ impl EndpointState {
     pub fn observe_rtt(&self, rtt: Duration, now: Nanos) {
         let mut e = self.ewma();
         e.observe(rtt, now, self.decay());
-        self.ewma_estimate_bits.store(e.estimate_ns.to_bits(), Relaxed);
+        self.ewma_estimate_bits
+            .store(e.estimate_ns.to_bits(), Relaxed);
         self.ewma_stamp.store(e.stamp.0, Relaxed);
+        if !self.ewma_primed.load(Relaxed) {
+            self.ewma_primed.store(true, Relaxed);
+        }
     }
 
     pub fn record_success(&self) {
@@ -140,7 +153,13 @@ mod tests {
 
     #[test]
     fn in_flight_never_wraps() {
-        let e = EndpointState::new("c", "a:1", Duration::from_millis(1), Duration::from_secs(10), Nanos(0));
+        let e = EndpointState::new(
+            "c",
+            "a:1",
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+            Nanos(0),
+        );
         e.finish();
         assert_eq!(e.in_flight(), 0);
         e.start();
@@ -151,7 +170,13 @@ mod tests {
 
     #[test]
     fn failures_mark_failing_and_success_clears() {
-        let e = EndpointState::new("c", "a:1", Duration::from_millis(1), Duration::from_secs(10), Nanos(0));
+        let e = EndpointState::new(
+            "c",
+            "a:1",
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+            Nanos(0),
+        );
         for _ in 0..FAILING_AFTER {
             e.record_failure(5);
         }
@@ -163,7 +188,13 @@ mod tests {
 
     #[test]
     fn rtt_observations_feed_the_estimate() {
-        let e = EndpointState::new("c", "a:1", Duration::from_millis(1), Duration::from_secs(10), Nanos(0));
+        let e = EndpointState::new(
+            "c",
+            "a:1",
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+            Nanos(0),
+        );
         e.observe_rtt(Duration::from_millis(40), Nanos(10));
         assert!((e.latency_ns(Nanos(10)) - 40e6).abs() < 1.0);
     }

@@ -55,7 +55,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(te) = headers.get(header::TE) {
         let trailers = te
             .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         headers.remove(header::TE);
         if trailers {
@@ -90,7 +93,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: 
         IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
     let mut elem = format!("for={for_};proto={proto}");
-    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
         elem.push_str(";host=\"");
         elem.push_str(host);
         elem.push('"');
@@ -141,7 +148,11 @@ pub fn new_request_id(random: u128) -> HeaderValue {
 
 /// W3C trace context: the proxy is a span of the incoming trace (or starts one). Returns the
 /// new `traceparent` (same trace id and flags, our span as parent) and the trace id.
-pub fn next_traceparent(incoming: Option<&HeaderValue>, random: u128, span: u64) -> (HeaderValue, [u8; 32]) {
+pub fn next_traceparent(
+    incoming: Option<&HeaderValue>,
+    random: u128,
+    span: u64,
+) -> (HeaderValue, [u8; 32]) {
     let mut trace_id = [0u8; 32];
     let mut flags = *b"01";
     match incoming.and_then(|v| parse_traceparent(v.as_bytes())) {
@@ -162,7 +173,9 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>, random: u128, span: u64)
     hex_into(&mut out[36..52], &span.to_be_bytes());
     out[52] = b'-';
     out[53..55].copy_from_slice(&flags);
-    let v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"));
+    let v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    });
     (v, trace_id)
 }
 
@@ -172,12 +185,18 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let lower_hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     let (ver, tid, pid, fl) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
     if !lower_hex(ver) || ver == b"ff" || !lower_hex(tid) || !lower_hex(pid) || !lower_hex(fl) {
         return None;
     }
-    if (ver == b"00" && v.len() != 55) || tid.iter().all(|&c| c == b'0') || pid.iter().all(|&c| c == b'0') {
+    if (ver == b"00" && v.len() != 55)
+        || tid.iter().all(|&c| c == b'0')
+        || pid.iter().all(|&c| c == b'0')
+    {
         return None;
     }
     let mut t = [0u8; 32];
@@ -201,7 +220,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
@@ -234,19 +256,27 @@ mod tests {
         add_forwarding(&mut h, "::1".parse().unwrap(), true, "api.example.com");
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "203.0.113.7, ::1");
         assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
-        assert_eq!(h.get(&FORWARDED).unwrap(), "for=\"[::1]\";proto=https;host=\"api.example.com\"");
+        assert_eq!(
+            h.get(&FORWARDED).unwrap(),
+            "for=\"[::1]\";proto=https;host=\"api.example.com\""
+        );
     }
 
     #[test]
     fn traceparent_is_continued_or_started() {
-        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let (v, tid) = next_traceparent(Some(&incoming), 7, 0xabc);
         assert_eq!(v, "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01");
         assert_eq!(&tid, b"4bf92f3577b34da6a3ce929d0e0e4736");
-        let bad = HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+        let bad =
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
         let (v, _) = next_traceparent(Some(&bad), 0x10, 1);
         assert_eq!(v, "00-00000000000000000000000000000011-0000000000000001-01");
-        assert_eq!(new_request_id(u128::MAX), "ffffffffffffffffffffffffffffffff");
+        assert_eq!(
+            new_request_id(u128::MAX),
+            "ffffffffffffffffffffffffffffffff"
+        );
     }
 
     proptest! {

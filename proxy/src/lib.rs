@@ -1,8 +1,38 @@
-//! vivremotion's data plane.
+//! vivremotion's data plane: an HTTP/1.1 + HTTP/2 reverse proxy that balances adaptively and
+//! records the telemetry the brain learns from.
+//!
+//! Layout, following a request:
+//! - [`server`]: listeners and thread-per-core workers (own runtime, own socket, own pools).
+//! - [`service`]: the pipeline: check → route ([`routing`]) → pick ([`balance`]) → forward
+//!   ([`client`], [`headers`]) → respond → record ([`body`]'s guard into [`telemetry`]).
+//! - [`snapshot`]: config + policy compiled into the immutable snapshot the pipeline reads;
+//!   [`state`] swaps snapshots whole (config reload, policy swap).
+//! - [`endpoint`]: per-endpoint live load (in-flight, peak-EWMA, passive health).
+//! - [`config`]: two-phase TOML config with field-path errors.
+//! - [`admin`]: metrics, health, config, upstreams, telemetry, policy, demo controls.
+//! - [`demo`]: controllable demo upstreams for `vivremotion up`.
+//! - [`app`]: wiring, reload and shutdown.
+//!
+//! Decision code ([`balance`], [`endpoint`]) takes time as an argument and randomness from a
+//! seeded RNG so that the simulator can run it on virtual time.
+
+pub mod admin;
+pub mod app;
 pub mod balance;
+pub mod body;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod endpoint;
 pub mod error;
 pub mod headers;
 pub mod routing;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod state;
 pub mod telemetry;
+pub mod tls;
+
+pub use app::{App, AppError, AppOptions};
+pub use config::Config;

@@ -9,7 +9,11 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     let raw = uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("");
     strip_port(raw)
 }
@@ -134,14 +138,20 @@ mod tests {
         // HTTP/2: the authority is in the URI
         let (u, h) = req("https://a.example.com/x", None);
         assert!(matches(&m, &Method::GET, &u, &h));
-        assert_eq!(request_host(&"http://[::1]:80/".parse().unwrap(), &HeaderMap::new()), "::1");
+        assert_eq!(
+            request_host(&"http://[::1]:80/".parse().unwrap(), &HeaderMap::new()),
+            "::1"
+        );
     }
 
     #[test]
     fn methods_and_headers() {
         let m = MatchConfig {
             methods: Some(vec!["POST".into()]),
-            headers: vec![(HeaderName::from_static("x-env"), HeaderValue::from_static("canary"))],
+            headers: vec![(
+                HeaderName::from_static("x-env"),
+                HeaderValue::from_static("canary"),
+            )],
             headers_present: vec![HeaderName::from_static("x-user")],
             ..Default::default()
         };
@@ -155,7 +165,10 @@ mod tests {
 
     #[test]
     fn rewrites_keep_the_query_and_one_slash() {
-        assert_eq!(rewrite_prefix("/api/users?x=1", "/api", "/v2"), "/v2/users?x=1");
+        assert_eq!(
+            rewrite_prefix("/api/users?x=1", "/api", "/v2"),
+            "/v2/users?x=1"
+        );
         assert_eq!(rewrite_prefix("/api", "/api", "/v2"), "/v2");
         assert_eq!(rewrite_prefix("/api/users", "/api", "/"), "/users");
         assert_eq!(rewrite_prefix("/api/", "/api/", "/v2/"), "/v2/");

@@ -14,6 +14,9 @@ pub struct PeakEwma {
     /// Estimate in nanoseconds as of `stamp`.
     pub estimate_ns: f64,
     pub stamp: Nanos,
+    /// False while the estimate is only the configured default: the first real observation
+    /// then replaces it outright instead of being blended into a guess.
+    pub primed: bool,
 }
 
 impl PeakEwma {
@@ -21,6 +24,7 @@ impl PeakEwma {
         PeakEwma {
             estimate_ns: default_rtt.as_nanos() as f64,
             stamp: now,
+            primed: false,
         }
     }
 
@@ -38,7 +42,8 @@ impl PeakEwma {
     /// Record one round-trip time observed at `now`.
     pub fn observe(&mut self, rtt: Duration, now: Nanos, decay: Duration) {
         let rtt_ns = rtt.as_nanos() as f64;
-        if rtt_ns > self.estimate_ns {
+        if !self.primed || rtt_ns > self.estimate_ns {
+            self.primed = true;
             self.estimate_ns = rtt_ns;
         } else {
             let w = self.decay_factor(now, decay);
@@ -60,10 +65,26 @@ mod tests {
     fn peaks_jump_and_valleys_blend() {
         let mut e = PeakEwma::new(Duration::from_millis(10), Nanos(0));
         e.observe(Duration::from_millis(100), Nanos(1_000), TAU);
+        assert!(e.primed);
         assert_eq!(e.estimate_ns, 100e6);
         // one second later a fast answer pulls it down by about 1 - e^-0.1 ≈ 9.5 %
         e.observe(Duration::from_millis(10), Nanos(1_000 + 1_000_000_000), TAU);
-        assert!((e.estimate_ns - (100e6 * (-0.1f64).exp() + 10e6 * (1.0 - (-0.1f64).exp()))).abs() < 1.0);
+        assert!(
+            (e.estimate_ns - (100e6 * (-0.1f64).exp() + 10e6 * (1.0 - (-0.1f64).exp()))).abs()
+                < 1.0
+        );
+    }
+
+    #[test]
+    fn the_first_observation_replaces_the_default() {
+        let mut e = PeakEwma::new(Duration::from_millis(30), Nanos(0));
+        e.observe(Duration::from_millis(2), Nanos(5), TAU);
+        assert_eq!(e.estimate_ns, 2e6);
+        e.observe(Duration::from_millis(1), Nanos(5), TAU);
+        assert_eq!(
+            e.estimate_ns, 2e6,
+            "later observations blend by elapsed time"
+        );
     }
 
     #[test]

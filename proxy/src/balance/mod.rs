@@ -138,7 +138,8 @@ impl Balancer {
     }
 
     fn least_request<E: LoadView, R: Rng + ?Sized>(&self, endpoints: &[E], rng: &mut R) -> usize {
-        let score = |i: usize| (f64::from(endpoints[i].in_flight()) + 1.0) / f64::from(self.weights[i]);
+        let score =
+            |i: usize| (f64::from(endpoints[i].in_flight()) + 1.0) / f64::from(self.weights[i]);
         let n = self.eligible.len();
         if n <= FULL_SCAN_MAX {
             // Start the scan at a random point so ties do not always favour the first endpoint.

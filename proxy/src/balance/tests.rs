@@ -56,7 +56,9 @@ fn round_robin_follows_weights_exactly_per_worker() {
     let mut rng = SmallRng::seed_from_u64(1);
     let mut counts = [0u32; 3];
     for n in 0..10_000 {
-        let i = b.pick(&eps, &input(Nanos(0), n % 2, None), &mut rng).unwrap();
+        let i = b
+            .pick(&eps, &input(Nanos(0), n % 2, None), &mut rng)
+            .unwrap();
         counts[i] += 1;
     }
     assert_eq!(counts, [5000, 3000, 2000]);
@@ -91,11 +93,18 @@ fn zero_weight_endpoints_get_nothing() {
         let eps = vec![Fake::new(); 3];
         let mut rng = SmallRng::seed_from_u64(3);
         for k in 0..1000u64 {
-            let i = b.pick(&eps, &input(Nanos(k), 0, Some(k.wrapping_mul(0x9e37_79b9))), &mut rng);
+            let i = b.pick(
+                &eps,
+                &input(Nanos(k), 0, Some(k.wrapping_mul(0x9e37_79b9))),
+                &mut rng,
+            );
             assert_ne!(i, Some(1), "{kind:?}");
         }
         let none = balancer(kind, &[0, 0]);
-        assert_eq!(none.pick(&eps[..2], &input(Nanos(0), 0, Some(1)), &mut rng), None);
+        assert_eq!(
+            none.pick(&eps[..2], &input(Nanos(0), 0, Some(1)), &mut rng),
+            None
+        );
     }
 }
 
@@ -118,7 +127,11 @@ fn consistent_hash_is_sticky() {
 #[test]
 fn p2c_peak_ewma_avoids_a_slow_endpoint() {
     let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1, 1]);
-    let latency = [Duration::from_millis(5), Duration::from_millis(5), Duration::from_millis(50)];
+    let latency = [
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+        Duration::from_millis(50),
+    ];
     let mut eps = vec![Fake::new(); 3];
     let mut rng = SmallRng::seed_from_u64(5);
     // (finish time, client, endpoint)
@@ -144,7 +157,10 @@ fn p2c_peak_ewma_avoids_a_slow_endpoint() {
         pending.push((now.saturating_add(latency[j]), j));
     }
     let share = f64::from(counts[2]) / f64::from(counts.iter().sum::<u32>());
-    assert!(share < 0.02, "slow endpoint got {share:.3} of traffic: {counts:?}");
+    assert!(
+        share < 0.02,
+        "slow endpoint got {share:.3} of traffic: {counts:?}"
+    );
 }
 
 proptest! {

@@ -332,7 +332,9 @@ impl Errors {
             Err(_) => {
                 self.push(
                     path,
-                    format!("bad listen address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\""),
+                    format!(
+                        "bad listen address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\""
+                    ),
                 );
                 None
             }
@@ -370,7 +372,11 @@ fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let host = if host.is_empty() { "proxy".into() } else { host };
+    let host = if host.is_empty() {
+        "proxy".into()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -381,7 +387,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let workers = match raw.proxy.workers {
         None | Some(0) => default_workers(),
         Some(n) if n > 1024 => {
-            errs.push("proxy.workers", format!("{n} workers is more than the limit of 1024"));
+            errs.push(
+                "proxy.workers",
+                format!("{n} workers is more than the limit of 1024"),
+            );
             1
         }
         Some(n) => n,
@@ -393,7 +402,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{max_header_bytes} is outside 1024..=1048576"),
         );
     }
-    let instance_id = raw.proxy.instance_id.clone().unwrap_or_else(default_instance_id);
+    let instance_id = raw
+        .proxy
+        .instance_id
+        .clone()
+        .unwrap_or_else(default_instance_id);
     if instance_id.trim().is_empty() {
         errs.push("proxy.instance_id", "must not be empty");
     }
@@ -426,7 +439,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
     };
 
-    let tick = errs.duration("telemetry.tick", &raw.telemetry.tick, Duration::from_secs(1));
+    let tick = errs.duration(
+        "telemetry.tick",
+        &raw.telemetry.tick,
+        Duration::from_secs(1),
+    );
     if tick < Duration::from_millis(10) {
         errs.push("telemetry.tick", "must be at least 10ms");
     }
@@ -476,21 +493,33 @@ fn validate_listeners(
         let base = format!("listeners[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
         if !names.insert(name.clone()) {
-            errs.push(format!("{base}.name"), format!("duplicate listener name {name:?}"));
+            errs.push(
+                format!("{base}.name"),
+                format!("duplicate listener name {name:?}"),
+            );
         }
         let Some(listen) = errs.socket_addr(&format!("{base}.listen"), &l.listen) else {
             continue;
         };
         if listen.port() != 0 && !addrs.insert(listen) {
-            errs.push(format!("{base}.listen"), format!("{listen} is used by another listener"));
+            errs.push(
+                format!("{base}.listen"),
+                format!("{listen} is used by another listener"),
+            );
         }
         if listen.port() != 0 && listen == admin.listen {
-            errs.push(format!("{base}.listen"), format!("{listen} is the admin address"));
+            errs.push(
+                format!("{base}.listen"),
+                format!("{listen} is the admin address"),
+            );
         }
         let tls = l.tls.as_ref().map(|t| {
             for (field, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
                 if !Path::new(file).is_file() {
-                    errs.push(format!("{base}.tls.{field}"), format!("no such file {file:?}"));
+                    errs.push(
+                        format!("{base}.tls.{field}"),
+                        format!("no such file {file:?}"),
+                    );
                 }
             }
             ServerTls {
@@ -511,7 +540,10 @@ fn validate_clusters(
     for (name, c) in raw {
         let base = format!("clusters.{name}");
         if c.endpoints.is_empty() {
-            errs.push(format!("{base}.endpoints"), "a cluster needs at least one endpoint");
+            errs.push(
+                format!("{base}.endpoints"),
+                "a cluster needs at least one endpoint",
+            );
         }
         let mut endpoints = Vec::new();
         let mut seen = BTreeSet::new();
@@ -529,7 +561,10 @@ fn validate_clusters(
                 ),
             }
             if weight > 1_000_000 {
-                errs.push(format!("{path}.weight"), format!("{weight} is above the maximum 1000000"));
+                errs.push(
+                    format!("{path}.weight"),
+                    format!("{weight} is above the maximum 1000000"),
+                );
             }
             if !seen.insert(address.clone()) {
                 errs.push(path, format!("duplicate endpoint {address:?}"));
@@ -568,7 +603,18 @@ fn validate_clusters(
         let tls = c.tls.as_ref().map(|t| {
             if let Some(ca) = &t.ca_file {
                 if !Path::new(ca).is_file() {
-                    errs.push(format!("{base}.tls.ca_file"), format!("no such file {ca:?}"));
+                    errs.push(
+                        format!("{base}.tls.ca_file"),
+                        format!("no such file {ca:?}"),
+                    );
+                }
+            }
+            if let Some(name) = &t.server_name {
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    errs.push(
+                        format!("{base}.tls.server_name"),
+                        format!("{name:?} is not a DNS name or IP address"),
+                    );
                 }
             }
             ClientTls {
@@ -633,13 +679,20 @@ fn validate_routes(
             errs.push(format!("{base}.name"), "must not be empty");
         }
         if !names.insert(name.clone()) {
-            errs.push(format!("{base}.name"), format!("duplicate route name {name:?}"));
+            errs.push(
+                format!("{base}.name"),
+                format!("duplicate route name {name:?}"),
+            );
         }
         if !clusters.contains_key(&r.cluster) {
             let known: Vec<_> = clusters.keys().map(String::as_str).collect();
             errs.push(
                 format!("{base}.cluster"),
-                format!("unknown cluster {:?} (defined: {})", r.cluster, known.join(", ")),
+                format!(
+                    "unknown cluster {:?} (defined: {})",
+                    r.cluster,
+                    known.join(", ")
+                ),
             );
         }
         let matcher = validate_match(&base, &r.matcher, errs);
@@ -659,15 +712,25 @@ fn validate_routes(
                 }
                 RewriteConfig {
                     path_prefix: rw.path_prefix.clone(),
-                    host: rw.host.as_ref().and_then(|h| {
-                        errs.header_value(&format!("{base}.rewrite.host"), h)
-                    }),
+                    host: rw
+                        .host
+                        .as_ref()
+                        .and_then(|h| errs.header_value(&format!("{base}.rewrite.host"), h)),
                 }
             }
         };
-        let request_headers = validate_header_ops(&format!("{base}.request_headers"), &r.request_headers, errs);
-        let response_headers = validate_header_ops(&format!("{base}.response_headers"), &r.response_headers, errs);
-        let timeout = errs.duration(&format!("{base}.timeout"), &r.timeout, Duration::from_secs(30));
+        let request_headers =
+            validate_header_ops(&format!("{base}.request_headers"), &r.request_headers, errs);
+        let response_headers = validate_header_ops(
+            &format!("{base}.response_headers"),
+            &r.response_headers,
+            errs,
+        );
+        let timeout = errs.duration(
+            &format!("{base}.timeout"),
+            &r.timeout,
+            Duration::from_secs(30),
+        );
         if timeout.is_zero() {
             errs.push(format!("{base}.timeout"), "must be greater than zero");
         }
@@ -700,12 +763,22 @@ fn validate_match(base: &str, m: &RawMatch, errs: &mut Errors) -> MatchConfig {
     });
     let path = match (&m.path_prefix, &m.path_exact) {
         (Some(_), Some(_)) => {
-            errs.push(format!("{base}.path_exact"), "set path_prefix or path_exact, not both");
+            errs.push(
+                format!("{base}.path_exact"),
+                "set path_prefix or path_exact, not both",
+            );
             None
         }
         (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
-            let field = if m.path_prefix.is_some() { "path_prefix" } else { "path_exact" };
-            errs.push(format!("{base}.{field}"), format!("{p:?} must start with '/'"));
+            let field = if m.path_prefix.is_some() {
+                "path_prefix"
+            } else {
+                "path_exact"
+            };
+            errs.push(
+                format!("{base}.{field}"),
+                format!("{p:?} must start with '/'"),
+            );
             None
         }
         (Some(p), None) => Some(PathMatch::Prefix(p.clone())),
@@ -718,7 +791,10 @@ fn validate_match(base: &str, m: &RawMatch, errs: &mut Errors) -> MatchConfig {
             .map(|(i, s)| {
                 let up = s.trim().to_ascii_uppercase();
                 if http::Method::from_bytes(up.as_bytes()).is_err() || up.is_empty() {
-                    errs.push(format!("{base}.methods[{i}]"), format!("{s:?} is not an HTTP method"));
+                    errs.push(
+                        format!("{base}.methods[{i}]"),
+                        format!("{s:?} is not an HTTP method"),
+                    );
                 }
                 up
             })
@@ -760,18 +836,22 @@ const MANAGED_HEADERS: &[&str] = &[
 ];
 
 fn validate_header_ops(base: &str, ops: &RawHeaderOps, errs: &mut Errors) -> HeaderOps {
-    let mut pairs = |field: &str, map: &BTreeMap<String, String>| -> Vec<(HeaderName, HeaderValue)> {
-        map.iter()
-            .filter_map(|(k, v)| {
-                let p = format!("{base}.{field}.{k}");
-                let n = errs.header_name(&p, k)?;
-                if MANAGED_HEADERS.contains(&n.as_str()) {
-                    errs.push(p.clone(), format!("{n} is managed by the proxy and cannot be set"));
-                }
-                Some((n, errs.header_value(&p, v)?))
-            })
-            .collect()
-    };
+    let mut pairs =
+        |field: &str, map: &BTreeMap<String, String>| -> Vec<(HeaderName, HeaderValue)> {
+            map.iter()
+                .filter_map(|(k, v)| {
+                    let p = format!("{base}.{field}.{k}");
+                    let n = errs.header_name(&p, k)?;
+                    if MANAGED_HEADERS.contains(&n.as_str()) {
+                        errs.push(
+                            p.clone(),
+                            format!("{n} is managed by the proxy and cannot be set"),
+                        );
+                    }
+                    Some((n, errs.header_value(&p, v)?))
+                })
+                .collect()
+        };
     let set = pairs("set", &ops.set);
     let add = pairs("add", &ops.add);
     let remove = ops

@@ -105,7 +105,10 @@ pub struct RawCluster {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "an endpoint: \"host:port\" or { address = \"host:port\", weight = N }")]
+#[serde(
+    untagged,
+    expecting = "an endpoint: \"host:port\" or { address = \"host:port\", weight = N }"
+)]
 pub enum RawEndpoint {
     Address(String),
     Detailed(RawEndpointDetailed),

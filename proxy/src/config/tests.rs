@@ -100,7 +100,10 @@ rewrite = { path_prefix = "/v2" }
         "routes[1].request_headers.set.connection: connection is managed by the proxy",
         "routes[1].rewrite.path_prefix: needs match.path_prefix",
     ] {
-        assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        assert!(
+            joined.contains(expected),
+            "missing {expected:?} in:\n{joined}"
+        );
     }
 }
 
@@ -143,7 +146,10 @@ fn bad_endpoint_shape_explains_both_forms() {
 endpoints = [42]
 "#,
     );
-    assert!(errs[0].starts_with("clusters.backend.endpoints[0]"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("clusters.backend.endpoints[0]"),
+        "{errs:?}"
+    );
     assert!(errs[0].contains("\"host:port\" or { address"), "{errs:?}");
 }
 

@@ -64,7 +64,13 @@ impl Collector {
                 .collect();
             let (min, max) = stats.take_window_extremes();
             self.seq += 1;
-            let mut w = Telemetry::empty(&self.instance, self.seq, window_start, window_ms, scope.clone());
+            let mut w = Telemetry::empty(
+                &self.instance,
+                self.seq,
+                window_start,
+                window_ms,
+                scope.clone(),
+            );
             w.requests = d(Ctr::Requests);
             w.status = StatusCounts {
                 informational: d(Ctr::S1xx),
@@ -89,7 +95,8 @@ impl Collector {
             out.push(w);
             *prev = now;
         }
-        let live_scopes: std::collections::HashSet<&Scope> = live.iter().map(|s| &s.scope).collect();
+        let live_scopes: std::collections::HashSet<&Scope> =
+            live.iter().map(|s| &s.scope).collect();
         self.prev.retain(|k, _| live_scopes.contains(k));
         out
     }
@@ -169,11 +176,24 @@ mod tests {
         s.finish(0, &outcome(503, 1500.0), false);
         let w1 = c.tick(&reg, 2000);
         assert_eq!(w1.len(), 1);
-        assert_eq!((w1[0].requests, w1[0].status.success, w1[0].status.server_error), (2, 1, 1));
+        assert_eq!(
+            (
+                w1[0].requests,
+                w1[0].status.success,
+                w1[0].status.server_error
+            ),
+            (2, 1, 1)
+        );
         assert_eq!(w1[0].errors.upstream_5xx, 1);
-        assert_eq!((w1[0].window_start_ms, w1[0].window_ms, w1[0].seq), (1000, 1000, 1));
+        assert_eq!(
+            (w1[0].window_start_ms, w1[0].window_ms, w1[0].seq),
+            (1000, 1000, 1)
+        );
         assert_eq!(w1[0].latency.count, 2);
-        assert_eq!((w1[0].latency.min_us, w1[0].latency.max_us), (500.0, 1500.0));
+        assert_eq!(
+            (w1[0].latency.min_us, w1[0].latency.max_us),
+            (500.0, 1500.0)
+        );
 
         s.finish(0, &outcome(200, 700.0), false);
         let w2 = c.tick(&reg, 3000);
@@ -213,7 +233,10 @@ mod tests {
         }
         assert_eq!(store.latest().len(), 2);
         let all = store.since(0, 100);
-        assert_eq!(all.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+        assert_eq!(
+            all.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
         assert_eq!(store.since(5, 100).len(), 1);
         assert_eq!(store.since(0, 1).len(), 1);
     }

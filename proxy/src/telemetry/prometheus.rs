@@ -16,7 +16,9 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
 
 /// Escape a label value per the exposition format.
 pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn labels(s: &ScopeStats) -> String {
@@ -35,16 +37,31 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
     let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class.");
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_total counter");
     for (l, t) in &totals {
-        for (class, c) in [("1xx", Ctr::S1xx), ("2xx", Ctr::S2xx), ("3xx", Ctr::S3xx), ("4xx", Ctr::S4xx), ("5xx", Ctr::S5xx)] {
+        for (class, c) in [
+            ("1xx", Ctr::S1xx),
+            ("2xx", Ctr::S2xx),
+            ("3xx", Ctr::S3xx),
+            ("4xx", Ctr::S4xx),
+            ("5xx", Ctr::S5xx),
+        ] {
             let v = t.get(c);
             if v > 0 {
-                let _ = writeln!(out, "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {v}"
+                );
             }
         }
     }
 
-    let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_errors_total Upstream failures by kind.");
-    let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_errors_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP vivremotion_proxy_upstream_errors_total Upstream failures by kind."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE vivremotion_proxy_upstream_errors_total counter"
+    );
     for (l, t) in &totals {
         for (kind, c) in [
             ("connect", Ctr::ErrConnect),
@@ -55,13 +72,19 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         ] {
             let v = t.get(c);
             if v > 0 {
-                let _ = writeln!(out, "vivremotion_proxy_upstream_errors_total{{{l},kind=\"{kind}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "vivremotion_proxy_upstream_errors_total{{{l},kind=\"{kind}\"}} {v}"
+                );
             }
         }
     }
 
     let _ = writeln!(out, "# HELP vivremotion_proxy_request_duration_seconds Time from request received to response headers.");
-    let _ = writeln!(out, "# TYPE vivremotion_proxy_request_duration_seconds histogram");
+    let _ = writeln!(
+        out,
+        "# TYPE vivremotion_proxy_request_duration_seconds histogram"
+    );
     for (l, t) in &totals {
         let mut cum = 0u64;
         let mut bi = 0usize;
@@ -72,23 +95,51 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
                 cum += t.hist[bi];
                 bi += 1;
             }
-            let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {cum}");
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {cum}"
+            );
         }
         let count: u64 = t.hist.iter().sum();
-        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_sum{{{l}}} {}", t.get(Ctr::LatencySumUs) as f64 / 1e6);
-        let _ = writeln!(out, "vivremotion_proxy_request_duration_seconds_count{{{l}}} {count}");
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_request_duration_seconds_sum{{{l}}} {}",
+            t.get(Ctr::LatencySumUs) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_request_duration_seconds_count{{{l}}} {count}"
+        );
     }
 
-    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_in_flight Requests being processed.");
+    let _ = writeln!(
+        out,
+        "# HELP vivremotion_proxy_requests_in_flight Requests being processed."
+    );
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_in_flight gauge");
     for (l, t) in &totals {
-        let _ = writeln!(out, "vivremotion_proxy_requests_in_flight{{{l}}} {}", t.in_flight.max(0));
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_requests_in_flight{{{l}}} {}",
+            t.in_flight.max(0)
+        );
     }
 
     for (name, help, c) in [
-        ("vivremotion_proxy_request_body_bytes_total", "Request body bytes received from clients.", Ctr::BytesIn),
-        ("vivremotion_proxy_response_body_bytes_total", "Response body bytes sent to clients.", Ctr::BytesOut),
+        (
+            "vivremotion_proxy_request_body_bytes_total",
+            "Request body bytes received from clients.",
+            Ctr::BytesIn,
+        ),
+        (
+            "vivremotion_proxy_response_body_bytes_total",
+            "Response body bytes sent to clients.",
+            Ctr::BytesOut,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
@@ -131,12 +182,47 @@ mod tests {
         let mut out = String::new();
         render_scopes(&mut out, &[s]);
         let l = "route=\"a\\\"b\",cluster=\"c\",upstream=\"h:1\"";
-        assert!(out.contains(&format!("vivremotion_proxy_requests_total{{{l},code_class=\"2xx\"}} 3")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.005\"}} 2")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"2.5\"}} 2")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"5\"}} 3")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_request_duration_seconds_count{{{l}}} 3")), "{out}");
-        assert!(out.contains(&format!("vivremotion_proxy_response_body_bytes_total{{{l}}} 6")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_requests_total{{{l},code_class=\"2xx\"}} 3"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.005\"}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"2.5\"}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"5\"}} 3"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_request_duration_seconds_count{{{l}}} 3"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "vivremotion_proxy_response_body_bytes_total{{{l}}} 6"
+            )),
+            "{out}"
+        );
     }
 }

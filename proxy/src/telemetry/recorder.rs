@@ -75,7 +75,9 @@ pub struct ScopeStats {
 
 impl std::fmt::Debug for ScopeStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScopeStats").field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("ScopeStats")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,12 +145,23 @@ impl ScopeStats {
         }
         add(Ctr::BytesIn, o.bytes_in);
         add(Ctr::BytesOut, o.bytes_out);
-        let us = if o.latency_us.is_finite() { o.latency_us.max(0.0) } else { 0.0 };
+        let us = if o.latency_us.is_finite() {
+            o.latency_us.max(0.0)
+        } else {
+            0.0
+        };
         add(Ctr::LatencySumUs, us as u64);
         s.hist[bucket_index(us)].fetch_add(1, Relaxed);
         let us_int = us as u64;
         s.window_min_us.fetch_min(us_int, Relaxed);
         s.window_max_us.fetch_max(us_int, Relaxed);
+    }
+
+    /// Count request body bytes (recorded separately: the body may outlive the response).
+    pub fn add_bytes_in(&self, worker: usize, n: u64) {
+        if n > 0 {
+            self.shard(worker).counters[Ctr::BytesIn as usize].fetch_add(n, Relaxed);
+        }
     }
 
     /// Cumulative totals over all shards.

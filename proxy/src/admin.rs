@@ -1,0 +1,407 @@
+//! The admin API, on its own port: metrics, health, config, upstreams, telemetry, policy, and
+//! (under `vivremotion up`) the demo upstreams' controls.
+//!
+//! Every error is JSON `{"error":{"type","message"}}` with a fitting status.
+
+use crate::balance::LoadView;
+use crate::demo::{DemoSettingsPatch, DemoUpstreams};
+use crate::error::json_error_body;
+use crate::state::Shared;
+use crate::telemetry::prometheus::{escape, render_scopes};
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::sync::{Arc, OnceLock};
+
+/// Largest request body the admin API reads (policies, demo settings).
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The process-wide `metrics` recorder, installed on first use.
+pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub demo: Option<Arc<DemoUpstreams>>,
+    /// Asks the control loop to re-read the config file.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::app::ReloadRequest>>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Resp {
+    let mut r = Response::new(Full::new(json_error_body(kind, message, None)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("cannot read body (limit {MAX_ADMIN_BODY} bytes): {e}"),
+            )
+        })?
+        .to_bytes();
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        };
+        error(StatusCode::BAD_REQUEST, "invalid_json", &msg)
+    })
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        let m = req.method().clone();
+        match path.as_str() {
+            "/metrics" if m == Method::GET => self.metrics(),
+            "/healthz" if m == Method::GET => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/readyz" if m == Method::GET => self.readyz(),
+            "/api/v1/config" if m == Method::GET => self.config(),
+            "/api/v1/config/reload" if m == Method::POST => self.reload().await,
+            "/api/v1/upstreams" if m == Method::GET => self.upstreams(),
+            "/api/v1/telemetry" if m == Method::GET => self.telemetry(&req),
+            "/api/v1/policy" if m == Method::GET => self.get_policy(),
+            "/api/v1/policy" if m == Method::PUT || m == Method::POST => self.put_policy(req).await,
+            "/api/v1/demo/upstreams" if m == Method::GET => self.demo_list(),
+            p if p.starts_with("/api/v1/demo/upstreams/") && m == Method::POST => {
+                let name = p["/api/v1/demo/upstreams/".len()..].to_string();
+                self.demo_set(&name, req).await
+            }
+            p if p.starts_with("/api/v1/demo/upstreams/") && m == Method::GET => {
+                let name = p["/api/v1/demo/upstreams/".len()..].to_string();
+                self.demo_get(&name)
+            }
+            "/metrics" | "/healthz" | "/readyz" | "/api/v1/config" | "/api/v1/upstreams"
+            | "/api/v1/telemetry" | "/api/v1/demo/upstreams" => method_not_allowed("GET"),
+            "/api/v1/policy" => method_not_allowed("GET, PUT, POST"),
+            "/api/v1/config/reload" => method_not_allowed("POST"),
+            p if p.starts_with("/api/v1/demo/upstreams/") => method_not_allowed("GET, POST"),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no admin endpoint {path}; see /api/v1/config, /api/v1/upstreams, /api/v1/telemetry, /api/v1/policy, /metrics"),
+            ),
+        }
+    }
+
+    fn readyz(&self) -> Resp {
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining"}),
+            )
+        } else {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        }
+    }
+
+    fn config(&self) -> Resp {
+        let snap = self.shared.snapshot.load();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "generation": snap.generation,
+                "policy_version": snap.policy_version(),
+                "config": snap.config.redacted_json(),
+            }),
+        )
+    }
+
+    async fn reload(&self) -> Resp {
+        let Some(tx) = &self.reload else {
+            return error(
+                StatusCode::CONFLICT,
+                "no_config_file",
+                "this process was not started from a config file; nothing to reload",
+            );
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if tx.send(done_tx).await.is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the reloader has stopped",
+            );
+        }
+        match done_rx.await {
+            Ok(Ok(warnings)) => json_response(
+                StatusCode::OK,
+                &json!({"reloaded": true, "warnings": warnings}),
+            ),
+            Ok(Err(msg)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", &msg),
+            Err(_) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the reloader has stopped",
+            ),
+        }
+    }
+
+    fn upstreams(&self) -> Resp {
+        let snap = self.shared.snapshot.load();
+        let now = self.shared.clock.now();
+        let mut endpoints = Vec::new();
+        for (cname, cluster) in &snap.config.clusters {
+            for e in &cluster.endpoints {
+                let state = snap
+                    .routes
+                    .iter()
+                    .filter(|r| &r.cfg.cluster == cname)
+                    .find_map(|r| r.endpoints.iter().find(|s| s.address == e.address));
+                let mut routes = serde_json::Map::new();
+                for r in snap.routes.iter().filter(|r| &r.cfg.cluster == cname) {
+                    if let Some(i) = r.endpoints.iter().position(|s| s.address == e.address) {
+                        routes.insert(
+                            r.cfg.name.clone(),
+                            json!({"weight": r.balancer.weights()[i], "source": r.weight_sources[i]}),
+                        );
+                    }
+                }
+                let mut v = json!({
+                    "cluster": cname,
+                    "address": e.address,
+                    "balancer": cluster.balancer,
+                    "weight": e.weight,
+                    "route_weights": routes,
+                });
+                if let Some(s) = state {
+                    v["in_flight"] = json!(s.in_flight());
+                    v["ewma_ms"] = json!((s.latency_ns(now) / 1e6 * 1000.0).round() / 1000.0);
+                    v["health"] = json!(s.health());
+                    v["consecutive_failures"] = json!(s.consecutive_failures());
+                    v["last_failure_unix_ms"] = json!(s.last_failure_unix_ms());
+                } else {
+                    // The cluster is not used by any route: nothing is known about it.
+                    v["health"] = json!("unused");
+                }
+                endpoints.push(v);
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"policy_version": snap.policy_version(), "endpoints": endpoints}),
+        )
+    }
+
+    fn telemetry(&self, req: &Request<Incoming>) -> Resp {
+        let limit = match query_param(req, "limit").map(str::parse::<usize>) {
+            None => 10_000,
+            Some(Ok(n)) => n.min(100_000),
+            Some(Err(_)) => {
+                return error(StatusCode::BAD_REQUEST, "bad_query", "limit: not a number")
+            }
+        };
+        let windows = match query_param(req, "since").map(str::parse::<u64>) {
+            None => self.shared.telemetry.latest().as_ref().clone(),
+            Some(Ok(since)) => self.shared.telemetry.since(since, limit),
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    "since: not a sequence number",
+                )
+            }
+        };
+        json_response(StatusCode::OK, &json!({"windows": windows}))
+    }
+
+    fn get_policy(&self) -> Resp {
+        match &self.shared.snapshot.load().policy {
+            Some(p) => json_response(StatusCode::OK, &json!(p.as_ref())),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no_policy",
+                "no policy has been applied; the config's weights are in force",
+            ),
+        }
+    }
+
+    async fn put_policy(&self, req: Request<Incoming>) -> Resp {
+        let policy: vivremotion_protocol::Policy = match read_json(req).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match self.shared.apply_policy(policy) {
+            Ok(v) => json_response(StatusCode::OK, &json!({"applied": true, "version": v})),
+            Err(e) => {
+                let status = if e.reason() == "stale" {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                error(status, &format!("policy_{}", e.reason()), &e.to_string())
+            }
+        }
+    }
+
+    fn no_demo() -> Resp {
+        error(
+            StatusCode::NOT_FOUND,
+            "no_demo",
+            "demo upstreams run only under `vivremotion up`",
+        )
+    }
+
+    fn demo_list(&self) -> Resp {
+        match &self.demo {
+            Some(d) => json_response(StatusCode::OK, &json!({"upstreams": d.describe()})),
+            None => Self::no_demo(),
+        }
+    }
+
+    fn demo_get(&self, name: &str) -> Resp {
+        let Some(d) = &self.demo else {
+            return Self::no_demo();
+        };
+        match d.get(name) {
+            Some(u) => json_response(StatusCode::OK, &u.describe()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "unknown_upstream",
+                &format!("no demo upstream {name:?}; have {}", d.names().join(", ")),
+            ),
+        }
+    }
+
+    async fn demo_set(&self, name: &str, req: Request<Incoming>) -> Resp {
+        let Some(d) = &self.demo else {
+            return Self::no_demo();
+        };
+        let Some(u) = d.get(name) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_upstream",
+                &format!("no demo upstream {name:?}; have {}", d.names().join(", ")),
+            );
+        };
+        let patch: DemoSettingsPatch = match read_json(req).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match u.apply(patch).await {
+            Ok(()) => json_response(StatusCode::OK, &u.describe()),
+            Err(msg) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings", &msg),
+        }
+    }
+
+    fn metrics(&self) -> Resp {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Some(h) = metrics_handle() {
+            out.push_str(&h.render());
+        }
+        render_scopes(&mut out, &self.shared.registries.stats.all());
+        let snap = self.shared.snapshot.load();
+        let now = self.shared.clock.now();
+        let eps = self.shared.registries.endpoints();
+        let _ = writeln!(
+            out,
+            "# HELP vivremotion_proxy_upstream_in_flight Requests in flight to an endpoint."
+        );
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_in_flight gauge");
+        for e in &eps {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_upstream_in_flight{{cluster=\"{}\",upstream=\"{}\"}} {}",
+                escape(&e.cluster),
+                escape(&e.address),
+                e.in_flight()
+            );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_ewma_seconds Peak-EWMA latency estimate of an endpoint.");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_ewma_seconds gauge");
+        for e in &eps {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_upstream_ewma_seconds{{cluster=\"{}\",upstream=\"{}\"}} {}",
+                escape(&e.cluster),
+                escape(&e.address),
+                e.latency_ns(now) / 1e9
+            );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_healthy 1 if the endpoint is healthy, 0 if it is failing.");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_healthy gauge");
+        for e in &eps {
+            let v = u8::from(e.health() == crate::endpoint::HealthState::Healthy);
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_upstream_healthy{{cluster=\"{}\",upstream=\"{}\"}} {v}",
+                escape(&e.cluster),
+                escape(&e.address)
+            );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_weight Effective balancer weight of an endpoint for a route.");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_weight gauge");
+        for r in snap.routes.iter() {
+            for (i, e) in r.endpoints.iter().enumerate() {
+                let _ = writeln!(out, "vivremotion_proxy_upstream_weight{{route=\"{}\",cluster=\"{}\",upstream=\"{}\"}} {}", escape(&r.cfg.name), escape(&e.cluster), escape(&e.address), r.balancer.weights()[i]);
+            }
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_config_generation Snapshots built since start (config reloads + policy swaps + 1).");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_config_generation gauge");
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_config_generation {}",
+            snap.generation
+        );
+        let mut r = Response::new(Full::new(Bytes::from(out)));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+}

@@ -1,0 +1,294 @@
+//! Wiring: binds listeners, starts workers, the admin API, the telemetry tick and the config
+//! reloader, and drains on shutdown. [`App::build`] binds everything (port 0 allowed) so
+//! callers and tests learn the real addresses before [`App::run`].
+
+use crate::admin::{metrics_handle, Admin};
+use crate::config::Config;
+use crate::demo::DemoUpstreams;
+use crate::server::{self, BoundListener, ServerError};
+use crate::snapshot::BuildError;
+use crate::state::Shared;
+use crate::telemetry::Collector;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use vivremotion_protocol::{Clock, SystemClock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct AppOptions {
+    pub config: Config,
+    /// File the config came from, watched for changes and re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    pub demo: Option<Arc<DemoUpstreams>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AppOptions {
+    pub fn new(config: Config) -> AppOptions {
+        AppOptions {
+            config,
+            config_path: None,
+            demo: None,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+}
+
+pub struct App {
+    shared: Arc<Shared>,
+    listeners: Vec<BoundListener>,
+    admin: std::net::TcpListener,
+    admin_addr: SocketAddr,
+    config_path: Option<PathBuf>,
+    demo: Option<Arc<DemoUpstreams>>,
+}
+
+/// A request to re-read the config file, answered with the warnings or the errors.
+pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;
+
+impl App {
+    pub fn build(opts: AppOptions) -> Result<App, AppError> {
+        let cfg = &opts.config;
+        let seed = cfg
+            .proxy
+            .seed
+            .unwrap_or_else(|| SmallRng::from_os_rng().random());
+        let workers = cfg.proxy.workers;
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| server::bind(l, workers))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_addr = cfg.admin.listen;
+        let admin = std::net::TcpListener::bind(admin_addr)
+            .and_then(|l| l.set_nonblocking(true).map(|_| l))
+            .map_err(|source| AppError::AdminBind {
+                addr: admin_addr,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| AppError::AdminBind {
+            addr: admin_addr,
+            source,
+        })?;
+        let shared = Shared::new(opts.config, opts.clock, seed)?;
+        Ok(App {
+            shared,
+            listeners,
+            admin,
+            admin_addr,
+            config_path: opts.config_path,
+            demo: opts.demo,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Name and bound address of each proxy listener.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.local))
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight requests (up to the configured
+    /// drain timeout) and return.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        metrics_handle();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = server::spawn_workers(&self.shared, &mut self.listeners, &stop_rx)?;
+
+        let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+        let admin = Arc::new(Admin {
+            shared: self.shared.clone(),
+            demo: self.demo.clone(),
+            reload: self.config_path.as_ref().map(|_| reload_tx),
+        });
+        let admin_listener = tokio::net::TcpListener::from_std(self.admin).map_err(|source| {
+            AppError::AdminBind {
+                addr: self.admin_addr,
+                source,
+            }
+        })?;
+        let admin_task = tokio::spawn(serve_admin(admin_listener, admin, stop_rx.clone()));
+        let tick_task = tokio::spawn(tick_loop(self.shared.clone(), stop_rx.clone()));
+        let reload_task = tokio::spawn(reload_loop(
+            self.shared.clone(),
+            self.config_path.clone(),
+            reload_rx,
+            stop_rx.clone(),
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        let _ = joined.await;
+        let _ = tokio::join!(admin_task, tick_task, reload_task);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    admin: Arc<Admin>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let admin = admin.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    });
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        }
+    }
+}
+
+async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let tick = shared.config().telemetry.tick;
+    let instance = shared.config().proxy.instance_id.clone();
+    let mut collector = Collector::new(&instance, shared.clock.unix_ms());
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = interval.tick() => {
+                let windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
+                shared.telemetry.push(windows);
+            }
+        }
+    }
+}
+
+/// Hash of the file's content, or `None` if it cannot be read.
+fn fingerprint(path: &Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| crate::balance::hash::hash64(&b, 0))
+}
+
+fn reload_now(shared: &Shared, path: &Path, trigger: &str) -> Result<Vec<String>, String> {
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| shared.apply_config(c).map_err(|e| e.to_string()));
+    match &result {
+        Ok(warnings) => {
+            metrics::counter!("vivremotion_proxy_config_reloads_total", "result" => "applied")
+                .increment(1);
+            tracing::info!(trigger, path = %path.display(), "config reloaded");
+            for w in warnings {
+                tracing::warn!(trigger, "{w}");
+            }
+        }
+        Err(e) => {
+            metrics::counter!("vivremotion_proxy_config_reloads_total", "result" => "rejected")
+                .increment(1);
+            tracing::error!(trigger, path = %path.display(), "config rejected, the previous config keeps serving:\n{e}");
+        }
+    }
+    result
+}
+
+async fn reload_loop(
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change or the admin API");
+            None
+        }
+    };
+    let mut last = path.as_deref().and_then(fingerprint);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = hup_recv => match &path {
+                Some(p) => {
+                    last = fingerprint(p);
+                    let _ = reload_now(&shared, p, "SIGHUP");
+                }
+                None => tracing::info!("SIGHUP: no config file to reload"),
+            },
+            Some(done) = requests.recv() => {
+                if let Some(p) = &path {
+                    last = fingerprint(p);
+                    let _ = done.send(reload_now(&shared, p, "admin API"));
+                }
+            }
+            _ = poll.tick() => {
+                let Some(p) = &path else { continue };
+                let now = fingerprint(p);
+                if now.is_some() && now != last {
+                    // An editor may be half-way through writing: wait for the content to settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let settled = fingerprint(p);
+                    if settled == now {
+                        last = now;
+                        let _ = reload_now(&shared, p, "file change");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Streaming bodies with accounting.
+//!
+//! Neither body buffers: frames pass through as they arrive, so SSE and large uploads stream.
+//! [`RequestBody`] enforces the route's size limit on the fly (Content-Length alone cannot be
+//! trusted: chunked uploads have none) and counts bytes. [`ResponseBody`] carries the request's
+//! [`Guard`], which records the outcome when the last frame has been sent, or when the client
+//! goes away, whichever comes first.
+
+use crate::snapshot::Snapshot;
+use crate::telemetry::recorder::Outcome;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body went over the route's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// Where a request's outcome is recorded.
+#[derive(Debug, Clone, Copy)]
+pub enum ScopeRef {
+    /// Answered before a route matched (404, 431, 400).
+    Unmatched,
+    /// Answered by the proxy for a route, before an endpoint was picked.
+    Route(u32),
+    /// Sent to an endpoint of a route.
+    Endpoint { route: u32, endpoint: u32 },
+}
+
+/// Records one request's outcome into the snapshot it started on, exactly once, on drop.
+pub struct Guard {
+    snap: Arc<Snapshot>,
+    scope: ScopeRef,
+    worker: usize,
+    /// Whether `start` was recorded (in-flight gauges must be released).
+    started: bool,
+    pub outcome: Outcome,
+}
+
+impl Guard {
+    /// A guard for a request that is now in flight in `scope`.
+    pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize, outcome: Outcome) -> Guard {
+        snap.stats(scope).start(worker);
+        if let ScopeRef::Endpoint { route, endpoint } = scope {
+            if let Some(e) = snap.endpoint(route, endpoint) {
+                e.start();
+            }
+        }
+        Guard {
+            snap,
+            scope,
+            worker,
+            started: true,
+            outcome,
+        }
+    }
+
+    /// A guard for a request answered locally, never in flight upstream.
+    pub fn local(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize, outcome: Outcome) -> Guard {
+        Guard {
+            snap,
+            scope,
+            worker,
+            started: false,
+            outcome,
+        }
+    }
+
+    pub fn scope(&self) -> ScopeRef {
+        self.scope
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.snap
+            .stats(self.scope)
+            .finish(self.worker, &self.outcome, self.started);
+        if self.started {
+            if let ScopeRef::Endpoint { route, endpoint } = self.scope {
+                if let Some(e) = self.snap.endpoint(route, endpoint) {
+                    e.finish();
+                }
+            }
+        }
+    }
+}
+
+/// The body sent upstream: the client's body, size-limited and counted.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    /// Where to add the bytes once the body is done.
+    account: Option<(Arc<crate::telemetry::ScopeStats>, usize)>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+            account: None,
+        }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            account: None,
+        }
+    }
+
+    pub fn account_to(&mut self, stats: Arc<crate::telemetry::ScopeStats>, worker: usize) {
+        self.account = Some((stats, worker));
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some((stats, worker)) = &self.account {
+            stats.add_bytes_in(*worker, self.seen);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The body sent to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    guard: Option<Guard>,
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, guard: Guard) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Upstream(inner),
+            guard: Some(guard),
+        }
+    }
+
+    pub fn full(bytes: Bytes, guard: Option<Guard>) -> ResponseBody {
+        let mut guard = guard;
+        if let Some(g) = guard.as_mut() {
+            g.outcome.bytes_out = bytes.len() as u64;
+        }
+        ResponseBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            guard,
+        }
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Full(None),
+            guard: None,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(b) => match b.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => {
+                    this.guard = None;
+                    Poll::Ready(None)
+                }
+            },
+            Kind::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(d), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
+                        g.outcome.bytes_out += d.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    if let Some(g) = this.guard.as_mut() {
+                        g.outcome.failure = Some(crate::error::UpstreamFailure::Reset);
+                    }
+                    this.guard = None;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                None => {
+                    this.guard = None;
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(i) => i.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(i) => i.size_hint(),
+        }
+    }
+}
+
+/// Whether `err` (or anything in its source chain) is a [`BodyTooLarge`].
+pub fn find_body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(b.limit);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -1,0 +1,265 @@
+//! Listeners and worker threads.
+//!
+//! Thread-per-core: each worker runs its own single-threaded tokio runtime with its own
+//! listening socket per listener (SO_REUSEPORT, so the kernel spreads connections), its own
+//! connection pools and its own telemetry shard. Nothing on the request path is shared between
+//! workers but the policy snapshot (read through `ArcSwap`) and per-endpoint atomics.
+
+use crate::config::{Config, ListenerConfig};
+use crate::service::{handle, ConnInfo, Worker};
+use crate::state::Shared;
+use crate::tls::{self, TlsError};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listener {name:?}: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {name:?}: {source}")]
+    Tls { name: String, source: TlsError },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A listener bound once per worker.
+pub struct BoundListener {
+    pub name: String,
+    pub local: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Bind `l` once per worker. A fixed port is first probed without SO_REUSEPORT, so a port
+/// held by another process is an error rather than silently shared.
+pub fn bind(l: &ListenerConfig, workers: usize) -> Result<BoundListener, ServerError> {
+    let err = |source| ServerError::Bind {
+        name: l.name.clone(),
+        addr: l.listen,
+        source,
+    };
+    let tls = match &l.tls {
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(
+            |source| ServerError::Tls {
+                name: l.name.clone(),
+                source,
+            },
+        )?)),
+        None => None,
+    };
+    let workers = workers.max(1);
+    let mut sockets = Vec::with_capacity(workers);
+    if workers == 1 {
+        sockets.push(socket(l.listen, false).map_err(err)?);
+    } else {
+        if l.listen.port() != 0 {
+            drop(socket(l.listen, false).map_err(err)?);
+        }
+        let first = socket(l.listen, true).map_err(err)?;
+        let local = first.local_addr().map_err(err)?;
+        sockets.push(first);
+        for _ in 1..workers {
+            sockets.push(socket(local, true).map_err(err)?);
+        }
+    }
+    let local = sockets[0].local_addr().map_err(err)?;
+    Ok(BoundListener {
+        name: l.name.clone(),
+        local,
+        sockets,
+        tls,
+    })
+}
+
+/// The HTTP server settings every worker uses.
+pub fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.proxy.header_read_timeout)
+        // hyper answers 431 itself above this; our own (JSON) check applies max_header_bytes.
+        .max_buf_size((cfg.proxy.max_header_bytes * 2).max(64 * 1024))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size((cfg.proxy.max_header_bytes * 2).max(64 * 1024) as u32)
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Start one worker thread per worker index, each serving every listener.
+pub fn spawn_workers(
+    shared: &Arc<Shared>,
+    listeners: &mut [BoundListener],
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, ServerError> {
+    let cfg = shared.config();
+    let workers = cfg.proxy.workers.max(1);
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let mine: Vec<(std::net::TcpListener, Option<TlsAcceptor>)> = listeners
+            .iter_mut()
+            .filter_map(|l| {
+                let s = if l.sockets.is_empty() {
+                    None
+                } else {
+                    Some(l.sockets.remove(0))
+                };
+                s.map(|s| (s, l.tls.clone()))
+            })
+            .collect();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let builder = http_builder(&cfg);
+        let drain = cfg.proxy.drain_timeout;
+        let handle = std::thread::Builder::new()
+            .name(format!("vm-worker-{id}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(worker = id, error = %e, "cannot start worker runtime");
+                        return;
+                    }
+                };
+                let worker = Arc::new(Worker::new(id, shared));
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for (sock, tls) in mine {
+                        match tokio::net::TcpListener::from_std(sock) {
+                            Ok(l) => tasks.push(tokio::spawn(accept_loop(
+                                l,
+                                tls,
+                                worker.clone(),
+                                builder.clone(),
+                                shutdown.clone(),
+                                drain,
+                            ))),
+                            Err(e) => {
+                                tracing::error!(worker = id, error = %e, "cannot register listener")
+                            }
+                        }
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+            })
+            .map_err(ServerError::Thread)?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    worker: Arc<Worker>,
+    builder: auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let handshake_timeout = worker.shared.config().proxy.header_read_timeout;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        metrics::counter!("vivremotion_proxy_accept_errors_total").increment(1);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = ConnInfo { client: peer, tls: tls.is_some() };
+                let w = worker.clone();
+                let svc = service_fn(move |req| {
+                    let w = w.clone();
+                    async move { Ok::<_, Infallible>(handle(w, conn, req).await) }
+                });
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                match &tls {
+                    None => {
+                        let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                        tokio::spawn(async move {
+                            if let Err(e) = watcher.watch(c).await {
+                                tracing::trace!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                            if let Err(e) = watcher.watch(c).await {
+                                tracing::trace!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            worker = worker.id,
+            "drain timeout ({}) reached with connections still open; closing them",
+            humantime::format_duration(drain)
+        );
+    }
+}

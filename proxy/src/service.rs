@@ -1,0 +1,375 @@
+//! The request pipeline: check → route → pick → forward → respond → record.
+//!
+//! One function, [`handle`], per request. It loads the snapshot once, so the whole request
+//! runs against one consistent config + policy. Recording happens in the response body's
+//! [`Guard`] when the last byte has gone out (or the client left), off the critical path of
+//! the response headers.
+
+use crate::balance::hash::mix64;
+use crate::balance::PickInput;
+use crate::body::{find_body_too_large, Guard, RequestBody, ResponseBody, ScopeRef};
+use crate::config::{PathMatch, UpstreamProtocol};
+use crate::error::ProxyError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::routing;
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+use crate::telemetry::Outcome;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tracing::Instrument;
+use vivremotion_protocol::Nanos;
+
+/// Per-worker request context.
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    requests: AtomicU64,
+}
+
+/// What the request path knows about the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Worker {
+        Worker {
+            id,
+            shared,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// A per-request RNG, derived from the process seed, the worker and a request counter:
+    /// reproducible for a given seed and request order, and never shared between threads.
+    fn rng(&self) -> SmallRng {
+        let n = self.requests.fetch_add(1, Relaxed);
+        SmallRng::seed_from_u64(mix64(
+            self.shared.seed ^ mix64(((self.id as u64) << 48) ^ n),
+        ))
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn outcome(status: u16, latency_us: f64) -> Outcome {
+    Outcome {
+        status,
+        upstream_status: None,
+        failure: None,
+        latency_us,
+        bytes_in: 0,
+        bytes_out: 0,
+    }
+}
+
+fn elapsed_us(shared: &Shared, t0: Nanos) -> f64 {
+    shared.clock.now().saturating_since(t0).as_nanos() as f64 / 1e3
+}
+
+/// A JSON error response, recorded through `guard`.
+fn error_response(
+    err: &ProxyError,
+    rid: &HeaderValue,
+    mut guard: Guard,
+    latency_us: f64,
+) -> Response<ResponseBody> {
+    guard.outcome.status = err.status().as_u16();
+    guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
+    guard.outcome.latency_us = latency_us;
+    tracing::debug!(status = err.status().as_u16(), error = %err, request_id = ?rid, "request failed");
+    let body = err.json_body(rid.to_str().ok());
+    let mut resp = Response::new(ResponseBody::full(body, Some(guard)));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(&X_REQUEST_ID, rid.clone());
+    resp
+}
+
+fn local_error(
+    w: &Worker,
+    snap: &Arc<Snapshot>,
+    scope: ScopeRef,
+    err: ProxyError,
+    rid: &HeaderValue,
+    t0: Nanos,
+) -> Response<ResponseBody> {
+    let latency = elapsed_us(&w.shared, t0);
+    let guard = Guard::local(snap.clone(), scope, w.id, outcome(0, latency));
+    error_response(&err, rid, guard, latency)
+}
+
+/// Handle one request.
+pub async fn handle(
+    w: Arc<Worker>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let shared = &w.shared;
+    let t0 = shared.clock.now();
+    let snap = shared.snapshot.load_full();
+    let mut rng = w.rng();
+
+    let rid = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if headers::valid_request_id(v) => v.clone(),
+        _ => headers::new_request_id(rng.random()),
+    };
+
+    let head = headers::head_size(req.method(), req.uri(), req.headers());
+    let limit = snap.config.proxy.max_header_bytes;
+    if head > limit {
+        let err = ProxyError::HeadersTooLarge { size: head, limit };
+        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+    }
+    if req.method() == Method::CONNECT {
+        let err = ProxyError::BadRequest(
+            "CONNECT is not supported: vivremotion is a reverse proxy".into(),
+        );
+        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+    }
+
+    let Some(ri) = snap.route_for(req.method(), req.uri(), req.headers()) else {
+        let err = ProxyError::NoRoute {
+            method: req.method().to_string(),
+            host: routing::request_host(req.uri(), req.headers()).to_string(),
+            path: req.uri().path().to_string(),
+        };
+        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+    };
+    let route = &snap.routes[ri];
+    let route_scope = ScopeRef::Route(ri as u32);
+
+    if let Some(len) = content_length(req.headers()) {
+        if len > route.cfg.max_body_bytes {
+            let err = ProxyError::BodyTooLarge {
+                limit: route.cfg.max_body_bytes,
+            };
+            return local_error(&w, &snap, route_scope, err, &rid, t0);
+        }
+    }
+
+    let input = PickInput {
+        now: t0,
+        worker: w.id,
+        key_hash: route.key_hash(req.headers(), conn.client.ip()),
+    };
+    let Some(ei) = route.pick(&input, &mut rng) else {
+        let err = ProxyError::NoEndpoint {
+            cluster: route.cfg.cluster.clone(),
+        };
+        return local_error(&w, &snap, route_scope, err, &rid, t0);
+    };
+
+    let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Path (rewritten if the route says so) on the endpoint's authority.
+    let pq = match (&route.cfg.rewrite.path_prefix, &route.cfg.matcher.path) {
+        (Some(new), Some(PathMatch::Prefix(old))) => {
+            let cur = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            match PathAndQuery::try_from(routing::rewrite_prefix(cur, old, new)) {
+                Ok(p) => p,
+                Err(e) => {
+                    let err = ProxyError::BadRequest(format!("rewritten path is invalid: {e}"));
+                    return local_error(&w, &snap, route_scope, err, &rid, t0);
+                }
+            }
+        }
+        _ => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+
+    // HTTP/2 requests carry the host in the URI; HTTP/1 upstreams need it as Host.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    let host = parts.headers.get(HOST).cloned();
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(route.clients.scheme.clone());
+    uri_parts.authority = Some(route.authorities[ei].clone());
+    uri_parts.path_and_query = Some(pq);
+    parts.uri = match Uri::from_parts(uri_parts) {
+        Ok(u) => u,
+        Err(e) => {
+            let err = ProxyError::BadRequest(format!("cannot build upstream URI: {e}"));
+            return local_error(&w, &snap, route_scope, err, &rid, t0);
+        }
+    };
+    parts.version = if route.clients.transport.protocol == UpstreamProtocol::Http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::add_forwarding(
+        h,
+        conn.client.ip(),
+        conn.tls,
+        host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+    );
+    if let Some(v) = &route.cfg.rewrite.host {
+        h.insert(HOST, v.clone());
+    }
+    h.insert(&X_REQUEST_ID, rid.clone());
+    let (tp, _trace_id) =
+        headers::next_traceparent(h.get(&headers::TRACEPARENT), rng.random(), rng.random());
+    h.insert(&headers::TRACEPARENT, tp);
+    headers::apply_ops(h, &route.cfg.request_headers);
+
+    let body = if body.is_end_stream() {
+        RequestBody::empty()
+    } else {
+        let mut b = RequestBody::new(body, route.cfg.max_body_bytes);
+        b.account_to(route.stats[ei].clone(), w.id);
+        b
+    };
+
+    let scope = ScopeRef::Endpoint {
+        route: ri as u32,
+        endpoint: ei as u32,
+    };
+    let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(0, 0.0));
+    let endpoint = &route.endpoints[ei];
+    let span = tracing::debug_span!(
+        "request",
+        request_id = ?rid,
+        route = %route.cfg.name,
+        upstream = %endpoint.address,
+    );
+    let timeout = route.cfg.timeout;
+    let send = route
+        .clients
+        .for_worker(w.id)
+        .request(Request::from_parts(parts, body));
+    let result = tokio::time::timeout(timeout, send).instrument(span).await;
+    let now = shared.clock.now();
+    let latency = now.saturating_since(t0);
+    let latency_us = latency.as_nanos() as f64 / 1e3;
+
+    let mut resp = match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            if let Some(limit) = find_body_too_large(&e) {
+                return error_response(
+                    &ProxyError::BodyTooLarge { limit },
+                    &rid,
+                    guard,
+                    latency_us,
+                );
+            }
+            let detail = error_chain(&e);
+            let err = if e.is_connect() {
+                ProxyError::UpstreamConnect {
+                    endpoint: endpoint.address.clone(),
+                    detail,
+                }
+            } else {
+                ProxyError::UpstreamReset {
+                    endpoint: endpoint.address.clone(),
+                    detail,
+                }
+            };
+            // A failing endpoint answers fast; without a penalty, latency-aware balancing
+            // would pour traffic into it. Count the failure as slow as the route's timeout.
+            endpoint.observe_rtt(timeout, now);
+            endpoint.record_failure(shared.clock.unix_ms());
+            return error_response(&err, &rid, guard, latency_us);
+        }
+        Err(_elapsed) => {
+            endpoint.observe_rtt(timeout, now);
+            endpoint.record_failure(shared.clock.unix_ms());
+            let err = ProxyError::UpstreamTimeout {
+                endpoint: endpoint.address.clone(),
+                timeout,
+            };
+            return error_response(&err, &rid, guard, latency_us);
+        }
+    };
+
+    endpoint.observe_rtt(latency, now);
+    let status = resp.status().as_u16();
+    if matches!(status, 502..=504) {
+        endpoint.record_failure(shared.clock.unix_ms());
+    } else {
+        endpoint.record_success();
+    }
+    guard.outcome.status = status;
+    guard.outcome.upstream_status = Some(status);
+    guard.outcome.latency_us = latency_us;
+
+    let switching = status == 101;
+    if switching {
+        if let Some(client_side) = client_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+    }
+    let h = resp.headers_mut();
+    headers::strip_hop_by_hop(h, switching);
+    headers::apply_ops(h, &route.cfg.response_headers);
+    h.insert(&X_REQUEST_ID, rid);
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ResponseBody::upstream(body, guard))
+}
+
+/// Relay bytes both ways once both sides have switched protocols.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,321 @@
+//! The runtime snapshot: config + policy compiled into what the request path reads.
+//!
+//! A snapshot is immutable. Config reloads and policy swaps build a whole new one off the
+//! request path and publish it with one `ArcSwap::store`; a request loads it once and uses that
+//! version to the end, so no request ever sees half a change. Endpoint state, statistics and
+//! connection pools are looked up in [`Registries`] while building, so they survive rebuilds.
+
+use crate::balance::{hash::hash64, Balancer, PickInput};
+use crate::body::ScopeRef;
+use crate::client::{ClientError, ClusterClients};
+use crate::config::{Config, HashOn, RouteConfig};
+use crate::endpoint::EndpointState;
+use crate::routing;
+use crate::telemetry::{ScopeStats, StatsRegistry};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Uri};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use vivremotion_protocol::telemetry::Scope;
+use vivremotion_protocol::{Nanos, Policy};
+
+/// Scope name of requests answered before any route matched.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("routes.{route}: the policy names a route the config does not have")]
+    PolicyUnknownRoute { route: String },
+    #[error("routes.{route}.upstream_weights.{endpoint}: not an endpoint of cluster {cluster:?}")]
+    PolicyUnknownEndpoint {
+        route: String,
+        endpoint: String,
+        cluster: String,
+    },
+    #[error("routes.{route}.upstream_weights: with this policy every endpoint of the route has weight 0")]
+    PolicyAllZero { route: String },
+    #[error("clusters.{cluster}: {source}")]
+    Client {
+        cluster: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// Where an endpoint's effective weight came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightSource {
+    Config,
+    Policy,
+}
+
+pub struct RouteRuntime {
+    pub cfg: RouteConfig,
+    pub clients: Arc<ClusterClients>,
+    pub endpoints: Box<[Arc<EndpointState>]>,
+    pub authorities: Box<[Authority]>,
+    pub weight_sources: Box<[WeightSource]>,
+    pub stats: Box<[Arc<ScopeStats>]>,
+    pub route_stats: Arc<ScopeStats>,
+    pub balancer: Balancer,
+    pub hash_on: Option<HashOn>,
+}
+
+impl RouteRuntime {
+    /// The affinity key hash of a request, if the cluster hashes and the key is present.
+    pub fn key_hash(&self, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+        match &self.hash_on {
+            None => None,
+            Some(HashOn::ClientIp) => Some(match client {
+                IpAddr::V4(a) => hash64(&a.octets(), 0),
+                IpAddr::V6(a) => hash64(&a.octets(), 0),
+            }),
+            Some(HashOn::Header(n)) => headers.get(n).map(|v| hash64(v.as_bytes(), 0)),
+        }
+    }
+
+    pub fn pick<R: rand::Rng + ?Sized>(&self, input: &PickInput, rng: &mut R) -> Option<usize> {
+        self.balancer.pick(&self.endpoints, input, rng)
+    }
+}
+
+pub struct Snapshot {
+    /// Increases with every snapshot built by this process.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub policy: Option<Arc<Policy>>,
+    pub routes: Box<[RouteRuntime]>,
+    unmatched: Arc<ScopeStats>,
+}
+
+impl Snapshot {
+    pub fn stats(&self, scope: ScopeRef) -> &ScopeStats {
+        match scope {
+            ScopeRef::Unmatched => &self.unmatched,
+            ScopeRef::Route(r) => self
+                .routes
+                .get(r as usize)
+                .map_or(&*self.unmatched, |r| &*r.route_stats),
+            ScopeRef::Endpoint { route, endpoint } => self
+                .routes
+                .get(route as usize)
+                .and_then(|r| r.stats.get(endpoint as usize))
+                .map_or(&*self.unmatched, |s| &**s),
+        }
+    }
+
+    pub fn endpoint(&self, route: u32, endpoint: u32) -> Option<&EndpointState> {
+        self.routes
+            .get(route as usize)
+            .and_then(|r| r.endpoints.get(endpoint as usize))
+            .map(|e| &**e)
+    }
+
+    /// Index of the first route matching the request.
+    pub fn route_for(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| routing::matches(&r.cfg.matcher, method, uri, headers))
+    }
+
+    pub fn policy_version(&self) -> u64 {
+        self.policy.as_ref().map_or(0, |p| p.version)
+    }
+}
+
+/// State that outlives snapshots: endpoint load, statistics and connection pools.
+#[derive(Default)]
+pub struct Registries {
+    pub stats: StatsRegistry,
+    endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
+    clients: Mutex<HashMap<String, Arc<ClusterClients>>>,
+}
+
+impl Registries {
+    /// Every endpoint state, sorted by cluster then address.
+    pub fn endpoints(&self) -> Vec<Arc<EndpointState>> {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
+        v
+    }
+}
+
+/// What a build produced besides the snapshot.
+pub struct Built {
+    pub snapshot: Snapshot,
+    /// Policy entries that no longer match the config (only when not strict).
+    pub warnings: Vec<String>,
+}
+
+/// Compile `config` + `policy` into a snapshot.
+///
+/// With `strict`, a policy naming unknown routes or endpoints is an error (a new policy is
+/// being applied); without, such entries are skipped with a warning (the config changed under
+/// a policy that was valid when it arrived).
+pub fn build(
+    config: Arc<Config>,
+    policy: Option<Arc<Policy>>,
+    strict: bool,
+    reg: &Registries,
+    generation: u64,
+    now: Nanos,
+) -> Result<Built, BuildError> {
+    let workers = config.proxy.workers;
+    let mut warnings = Vec::new();
+    if let Some(p) = &policy {
+        for name in p.routes.keys() {
+            if !config.routes.iter().any(|r| &r.name == name) {
+                if strict {
+                    return Err(BuildError::PolicyUnknownRoute {
+                        route: name.clone(),
+                    });
+                }
+                warnings.push(format!(
+                    "policy route {name:?} is not in the config; ignored"
+                ));
+            }
+        }
+    }
+
+    let mut clients_map = reg.clients.lock().unwrap_or_else(|p| p.into_inner());
+    let mut endpoints_map = reg.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+    let mut new_clients = HashMap::new();
+    for (name, c) in &config.clusters {
+        let clients = match clients_map.get(name) {
+            Some(existing) if existing.transport == c.transport => existing.clone(),
+            _ => Arc::new(
+                ClusterClients::build(&c.transport, workers).map_err(|source| {
+                    BuildError::Client {
+                        cluster: name.clone(),
+                        source,
+                    }
+                })?,
+            ),
+        };
+        new_clients.insert(name.clone(), clients);
+    }
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut live_scopes = HashSet::new();
+    let mut live_endpoints = HashSet::new();
+    for rc in &config.routes {
+        // Validation guarantees the cluster exists; a missing one would be a bug, skip safely.
+        let (Some(cluster), Some(clients)) = (
+            config.clusters.get(&rc.cluster),
+            new_clients.get(&rc.cluster),
+        ) else {
+            continue;
+        };
+        let overrides = policy.as_ref().and_then(|p| p.routes.get(&rc.name));
+        if let Some(o) = overrides {
+            for ep in o.upstream_weights.keys() {
+                if !cluster.endpoints.iter().any(|e| &e.address == ep) {
+                    if strict {
+                        return Err(BuildError::PolicyUnknownEndpoint {
+                            route: rc.name.clone(),
+                            endpoint: ep.clone(),
+                            cluster: cluster.name.clone(),
+                        });
+                    }
+                    warnings.push(format!(
+                        "policy endpoint {ep:?} of route {:?} is not in cluster {:?}; ignored",
+                        rc.name, cluster.name
+                    ));
+                }
+            }
+        }
+        let mut eps = Vec::new();
+        let mut auths = Vec::new();
+        let mut weights = Vec::new();
+        let mut sources = Vec::new();
+        let mut stats = Vec::new();
+        for e in &cluster.endpoints {
+            let key = (cluster.name.clone(), e.address.clone());
+            let state = endpoints_map
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(EndpointState::new(
+                        &cluster.name,
+                        &e.address,
+                        cluster.ewma_default_rtt,
+                        cluster.ewma_decay,
+                        now,
+                    ))
+                })
+                .clone();
+            state.set_decay(cluster.ewma_decay);
+            live_endpoints.insert(key);
+            let Ok(auth) = e.address.parse::<Authority>() else {
+                continue;
+            };
+            let (w, src) = match overrides.and_then(|o| o.upstream_weights.get(&e.address)) {
+                Some(&w) => (w, WeightSource::Policy),
+                None => (e.weight, WeightSource::Config),
+            };
+            let scope = Scope {
+                route: rc.name.clone(),
+                cluster: Some(cluster.name.clone()),
+                upstream: Some(e.address.clone()),
+            };
+            live_scopes.insert(scope.clone());
+            stats.push(reg.stats.get_or_create(scope, workers));
+            eps.push(state);
+            auths.push(auth);
+            weights.push(w);
+            sources.push(src);
+        }
+        if strict && overrides.is_some() && weights.iter().all(|&w| w == 0) {
+            return Err(BuildError::PolicyAllZero {
+                route: rc.name.clone(),
+            });
+        }
+        let names: Vec<&str> = cluster
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        let route_scope = Scope {
+            route: rc.name.clone(),
+            cluster: Some(cluster.name.clone()),
+            upstream: None,
+        };
+        live_scopes.insert(route_scope.clone());
+        routes.push(RouteRuntime {
+            cfg: rc.clone(),
+            clients: clients.clone(),
+            balancer: Balancer::new(cluster.balancer, &names, &weights, workers),
+            endpoints: eps.into(),
+            authorities: auths.into(),
+            weight_sources: sources.into(),
+            stats: stats.into(),
+            route_stats: reg.stats.get_or_create(route_scope, workers),
+            hash_on: cluster.hash_on.clone(),
+        });
+    }
+    let unmatched_scope = Scope {
+        route: UNMATCHED_ROUTE.into(),
+        cluster: None,
+        upstream: None,
+    };
+    live_scopes.insert(unmatched_scope.clone());
+    let unmatched = reg.stats.get_or_create(unmatched_scope, workers);
+
+    // Only now, with the whole snapshot built, forget what the new config no longer has.
+    *clients_map = new_clients;
+    endpoints_map.retain(|k, _| live_endpoints.contains(k));
+    reg.stats.retain(&live_scopes);
+
+    Ok(Built {
+        snapshot: Snapshot {
+            generation,
+            config,
+            policy,
+            routes: routes.into(),
+            unmatched,
+        },
+        warnings,
+    })
+}

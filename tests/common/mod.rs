@@ -1,0 +1,325 @@
+//! Helpers for end-to-end tests: the real `vivremotion` binary, real sockets, real clients.
+// Tests measure real elapsed time, so they may read the wall clock.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods
+)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vivremotion_proxy::demo::{DemoSettings, DemoUpstream};
+
+/// Tests that measure timing or distributions take this lock so they do not share the two
+/// cores with another load test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vivremotion");
+
+/// A running `vivremotion proxy`, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Proxy {
+    /// Start the proxy with `config` (TOML). Listeners and admin should use port 0.
+    pub fn start(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("vivremotion.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+                panic!("proxy did not become ready; log:\n{log}");
+            }
+        };
+        let (listeners, admin) = parse_ready(&line);
+        Proxy {
+            child,
+            addr: listeners[0].1,
+            listeners,
+            admin,
+            dir,
+            config_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parse `ready listeners=main@127.0.0.1:1234,tls@... admin=127.0.0.1:5678`.
+pub fn parse_ready(line: &str) -> (Vec<(String, SocketAddr)>, SocketAddr) {
+    let mut listeners = Vec::new();
+    let mut admin = None;
+    for part in line.split_whitespace() {
+        if let Some(l) = part.strip_prefix("listeners=") {
+            for item in l.split(',') {
+                let (name, addr) = item.split_once('@').unwrap();
+                listeners.push((name.to_string(), addr.parse().unwrap()));
+            }
+        } else if let Some(a) = part.strip_prefix("admin=") {
+            admin = Some(a.parse().unwrap());
+        }
+    }
+    (listeners, admin.expect("admin address in ready line"))
+}
+
+/// A demo upstream in this process on a free port.
+pub async fn backend(name: &str, latency_ms: f64) -> Arc<DemoUpstream> {
+    let u = DemoUpstream::new(
+        name,
+        "127.0.0.1:0".parse().unwrap(),
+        DemoSettings::with_latency(latency_ms, 0.0),
+        1,
+    );
+    u.start().await.unwrap();
+    u
+}
+
+pub fn endpoints_toml(backends: &[Arc<DemoUpstream>], weights: Option<&[u32]>) -> String {
+    let items: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match weights {
+            Some(w) => format!("{{ address = \"{}\", weight = {} }}", b.addr(), w[i]),
+            None => format!("\"{}\"", b.addr()),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Config with one cluster `backend` and one catch-all route `all`.
+pub fn simple_config(endpoints: &str, balancer: &str, extra_cluster: &str, extra: &str) -> String {
+    format!(
+        r#"
+[proxy]
+workers = 2
+seed = 7
+
+[admin]
+listen = "127.0.0.1:0"
+
+[telemetry]
+tick = "200ms"
+
+[[listeners]]
+name = "main"
+listen = "127.0.0.1:0"
+
+[clusters.backend]
+endpoints = {endpoints}
+balancer = "{balancer}"
+{extra_cluster}
+
+{extra}
+
+[[routes]]
+name = "all"
+cluster = "backend"
+"#
+    )
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(HttpConnector::new())
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Result<Reply, String> {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(client, req).await
+}
+
+pub async fn post_json(client: &HttpClient, url: &str, body: &str, method: &str) -> Reply {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(client, req).await.unwrap()
+}
+
+/// Load result: statuses seen and failures (transport errors).
+#[derive(Debug, Default, Clone)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub non_2xx: Vec<(u16, String)>,
+    pub errors: Vec<String>,
+}
+
+impl LoadResult {
+    pub fn failed(&self) -> u64 {
+        (self.non_2xx.len() + self.errors.len()) as u64
+    }
+}
+
+/// Send GETs to `url` from `concurrency` tasks until `stop` is set or `max` requests are sent.
+pub async fn load(
+    client: HttpClient,
+    url: String,
+    concurrency: usize,
+    max: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> LoadResult {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, sent, stop) = (client.clone(), url.clone(), sent.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut r = LoadResult::default();
+            while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < max {
+                match get(&client, &url).await {
+                    Ok(rep) if (200..300).contains(&rep.status) => r.ok += 1,
+                    Ok(rep) => r
+                        .non_2xx
+                        .push((rep.status, String::from_utf8_lossy(&rep.body).into_owned())),
+                    Err(e) => r.errors.push(e),
+                }
+            }
+            r
+        }));
+    }
+    let mut total = LoadResult::default();
+    for t in tasks {
+        let r = t.await.unwrap();
+        total.ok += r.ok;
+        total.non_2xx.extend(r.non_2xx);
+        total.errors.extend(r.errors);
+    }
+    total
+}
+
+/// Poll `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

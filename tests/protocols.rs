@@ -1,0 +1,249 @@
+//! Streaming, HTTP/1.1 and HTTP/2 both ways, TLS with ALPN on both sides, upgrades.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_chunks_arrive_before_the_upstream_finishes() {
+    let _s = serial().await;
+    let b = backend("sse", 0.0).await;
+    let proxy = Proxy::start(&simple_config(
+        &endpoints_toml(&[b], None),
+        "round_robin",
+        "",
+        "",
+    ));
+    let client = http1_client();
+    let start = Instant::now();
+    let req = http::Request::get(proxy.url("/sse?n=4&interval_ms=400"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(d) = frame.data_ref() {
+            arrivals.push(start.elapsed());
+            text.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+    assert_eq!(text.matches("data: ").count(), 4, "{text}");
+    let total = start.elapsed();
+    assert!(
+        total >= Duration::from_millis(1150),
+        "upstream takes 1.2 s, got {total:?}"
+    );
+    assert!(
+        arrivals[0] < Duration::from_millis(400),
+        "first chunk at {:?}: buffered?",
+        arrivals[0]
+    );
+    assert!(arrivals.len() >= 4, "chunks were merged: {arrivals:?}");
+    assert!(
+        arrivals[1] >= Duration::from_millis(350),
+        "second chunk too early: {arrivals:?}"
+    );
+}
+
+async fn upstream_version(client: &HttpClient, url: &str) -> (String, http::Version) {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let version = resp.version();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (v["version"].as_str().unwrap().to_string(), version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_on_both_sides() {
+    let b = backend("v", 0.0).await;
+    let eps = endpoints_toml(&[b], None);
+    for (upstream_proto, want) in [("http1", "HTTP/1.1"), ("http2", "HTTP/2.0")] {
+        let proxy = Proxy::start(&simple_config(
+            &eps,
+            "round_robin",
+            &format!("protocol = \"{upstream_proto}\""),
+            "",
+        ));
+        let (seen, v) = upstream_version(&http1_client(), &proxy.url("/v")).await;
+        assert_eq!(
+            (seen.as_str(), v),
+            (want, http::Version::HTTP_11),
+            "client h1, upstream {upstream_proto}"
+        );
+        let (seen, v) = upstream_version(&h2c_client(), &proxy.url("/v")).await;
+        assert_eq!(
+            (seen.as_str(), v),
+            (want, http::Version::HTTP_2),
+            "client h2c, upstream {upstream_proto}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_request_bodies_and_host_are_forwarded() {
+    let b = backend("h2", 0.0).await;
+    let proxy = Proxy::start(&simple_config(
+        &endpoints_toml(&[b], None),
+        "round_robin",
+        "",
+        "",
+    ));
+    let client = h2c_client();
+    let rep = post_json(&client, &proxy.url("/upload"), &"x".repeat(100_000), "POST").await;
+    assert_eq!(rep.status, 200);
+    let v = rep.json();
+    assert_eq!(v["body_bytes"], 100_000);
+    assert_eq!(
+        v["headers"]["host"],
+        proxy.addr.to_string(),
+        "HTTP/2 authority becomes Host for an HTTP/1 upstream"
+    );
+}
+
+fn write_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let c = dir.join("cert.pem");
+    let k = dir.join("key.pem");
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn tls_client_config(ca: &std::path::Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// client --TLS(h2 or http/1.1)--> edge proxy --TLS(ALPN)--> inner proxy --h1--> backend
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_alpn_on_the_listener_and_to_upstreams() {
+    let b = backend("tls", 0.0).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(certs.path());
+    let inner = Proxy::start(&format!(
+        r#"
+[proxy]
+workers = 1
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "tls"
+listen = "127.0.0.1:0"
+tls = {{ cert_file = "{}", key_file = "{}" }}
+[clusters.backend]
+endpoints = ["{}"]
+[[routes]]
+name = "all"
+cluster = "backend"
+"#,
+        cert.display(),
+        key.display(),
+        b.addr()
+    ));
+    // The edge reaches the inner proxy by name so the certificate (for "localhost") verifies.
+    let edge = Proxy::start(&simple_config(
+        &format!("[\"localhost:{}\"]", inner.addr.port()),
+        "round_robin",
+        &format!(
+            "protocol = \"auto\"\ntls = {{ ca_file = \"{}\" }}",
+            cert.display()
+        ),
+        "",
+    ));
+    let (seen, _) = upstream_version(&http1_client(), &edge.url("/through-tls")).await;
+    assert_eq!(
+        seen, "HTTP/1.1",
+        "inner proxy talks HTTP/1.1 to the backend"
+    );
+
+    // Directly to the TLS listener, once per ALPN protocol.
+    for (alpn, want) in [(&b"h2"[..], "h2"), (&b"http/1.1"[..], "http/1.1")] {
+        let connector = tokio_rustls::TlsConnector::from(tls_client_config(&cert, &[alpn]));
+        let tcp = tokio::net::TcpStream::connect(inner.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want.as_bytes()));
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let req = http::Request::get("/direct")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let status = if want == "h2" {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = req;
+            *req.uri_mut() = format!("https://localhost:{}/direct", inner.addr.port())
+                .parse()
+                .unwrap();
+            send.send_request(req).await.unwrap().status()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap().status()
+        };
+        assert_eq!(status, 200, "ALPN {want}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_relayed_both_ways() {
+    let b = backend("ws", 0.0).await;
+    let proxy = Proxy::start(&simple_config(
+        &endpoints_toml(&[b], None),
+        "round_robin",
+        "",
+        "",
+    ));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed during upgrade");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"hello through the tunnel"[..], b"and back again"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
