@@ -68,9 +68,6 @@ pub enum PolicyError {
         found: u32,
         expected: u32,
     },
-    AllWeightsZero {
-        path: String,
-    },
     NotFinite {
         path: String,
     },
@@ -94,9 +91,6 @@ impl fmt::Display for PolicyError {
                     f,
                     "schema_version: {found} is not the supported version {expected}"
                 )
-            }
-            PolicyError::AllWeightsZero { path } => {
-                write!(f, "{path}: every weight is zero, nothing could be routed")
             }
             PolicyError::NotFinite { path } => write!(f, "{path}: not a finite number"),
             PolicyError::OutOfRange {
@@ -137,12 +131,9 @@ impl Policy {
             });
         }
         for (name, r) in &self.routes {
+            // Whether some endpoint keeps a weight depends on the config (unlisted endpoints
+            // keep theirs), so the all-zero check is the proxy's, not this structural one's.
             let base = format!("routes.{name}");
-            if !r.upstream_weights.is_empty() && r.upstream_weights.values().all(|&w| w == 0) {
-                return Err(PolicyError::AllWeightsZero {
-                    path: format!("{base}.upstream_weights"),
-                });
-            }
             if let Some(rl) = &r.rate_limit {
                 let path = format!("{base}.rate_limit.requests_per_second");
                 if !rl.requests_per_second.is_finite() {
@@ -170,13 +161,6 @@ impl Policy {
                         max: 1.0,
                     });
                 }
-            }
-        }
-        for (name, m) in &self.models {
-            if !m.deployment_weights.is_empty() && m.deployment_weights.values().all(|&w| w == 0) {
-                return Err(PolicyError::AllWeightsZero {
-                    path: format!("models.{name}.deployment_weights"),
-                });
             }
         }
         Ok(())
@@ -231,15 +215,12 @@ mod tests {
 
     #[test]
     fn malformed_policies_name_the_field() {
+        // Draining one endpoint is fine: unlisted endpoints keep their configured weights.
         let mut p = sample();
         if let Some(r) = p.routes.get_mut("api") {
             r.upstream_weights.values_mut().for_each(|w| *w = 0);
         }
-        let err = p.validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "routes.api.upstream_weights: every weight is zero, nothing could be routed"
-        );
+        assert_eq!(p.validate(), Ok(()));
 
         let mut p = sample();
         if let Some(r) = p.routes.get_mut("api") {
