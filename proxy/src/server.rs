@@ -5,7 +5,7 @@
 //! connection pools and its own telemetry shard. Nothing on the request path is shared between
 //! workers but the policy snapshot (read through `ArcSwap`) and per-endpoint atomics.
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, ListenerProtocol};
 use crate::service::{handle, ConnInfo, Worker};
 use crate::state::Shared;
 use crate::tls::{self, TlsError};
@@ -41,6 +41,7 @@ pub struct BoundListener {
     pub local: SocketAddr,
     sockets: Vec<std::net::TcpListener>,
     tls: Option<TlsAcceptor>,
+    protocol: ListenerProtocol,
 }
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
@@ -68,12 +69,12 @@ pub fn bind(l: &ListenerConfig, workers: usize) -> Result<BoundListener, ServerE
         source,
     };
     let tls = match &l.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(
-            |source| ServerError::Tls {
+        Some(t) => Some(TlsAcceptor::from(
+            tls::server_config(t, l.protocol).map_err(|source| ServerError::Tls {
                 name: l.name.clone(),
                 source,
-            },
-        )?)),
+            })?,
+        )),
         None => None,
     };
     let workers = workers.max(1);
@@ -97,6 +98,7 @@ pub fn bind(l: &ListenerConfig, workers: usize) -> Result<BoundListener, ServerE
         local,
         sockets,
         tls,
+        protocol: l.protocol,
     })
 }
 
@@ -127,7 +129,7 @@ pub fn spawn_workers(
     let workers = cfg.proxy.workers.max(1);
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
-        let mine: Vec<(std::net::TcpListener, Option<TlsAcceptor>)> = listeners
+        let mine: Vec<(std::net::TcpListener, Option<TlsAcceptor>, ListenerProtocol)> = listeners
             .iter_mut()
             .filter_map(|l| {
                 let s = if l.sockets.is_empty() {
@@ -135,7 +137,7 @@ pub fn spawn_workers(
                 } else {
                     Some(l.sockets.remove(0))
                 };
-                s.map(|s| (s, l.tls.clone()))
+                s.map(|s| (s, l.tls.clone(), l.protocol))
             })
             .collect();
         let shared = shared.clone();
@@ -158,11 +160,12 @@ pub fn spawn_workers(
                 let worker = Arc::new(Worker::new(id, shared));
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
-                    for (sock, tls) in mine {
+                    for (sock, tls, protocol) in mine {
                         match tokio::net::TcpListener::from_std(sock) {
                             Ok(l) => tasks.push(tokio::spawn(accept_loop(
                                 l,
                                 tls,
+                                protocol,
                                 worker.clone(),
                                 builder.clone(),
                                 shutdown.clone(),
@@ -184,9 +187,22 @@ pub fn spawn_workers(
     Ok(handles)
 }
 
+/// The builder restricted to what a connection may speak.
+fn for_protocol(
+    b: &auto::Builder<TokioExecutor>,
+    p: ListenerProtocol,
+) -> auto::Builder<TokioExecutor> {
+    match p {
+        ListenerProtocol::Auto => b.clone(),
+        ListenerProtocol::Http1 => b.clone().http1_only(),
+        ListenerProtocol::Http2 => b.clone().http2_only(),
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<TlsAcceptor>,
+    protocol: ListenerProtocol,
     worker: Arc<Worker>,
     builder: auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
@@ -217,9 +233,9 @@ async fn accept_loop(
                     async move { Ok::<_, Infallible>(handle(w, conn, req).await) }
                 });
                 let watcher = graceful.watcher();
-                let builder = builder.clone();
                 match &tls {
                     None => {
+                        let builder = for_protocol(&builder, protocol);
                         let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                         tokio::spawn(async move {
                             if let Err(e) = watcher.watch(c).await {
@@ -229,6 +245,7 @@ async fn accept_loop(
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
+                        let builder = builder.clone();
                         tokio::spawn(async move {
                             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
@@ -241,6 +258,13 @@ async fn accept_loop(
                                     return;
                                 }
                             };
+                            // ALPN has decided; sniffing the first bytes again could only get it wrong.
+                            let negotiated = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => ListenerProtocol::Http2,
+                                Some(b"http/1.1") => ListenerProtocol::Http1,
+                                _ => protocol,
+                            };
+                            let builder = for_protocol(&builder, negotiated);
                             let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                             if let Err(e) = watcher.watch(c).await {
                                 tracing::trace!(error = %e, "connection ended with an error");

@@ -1,6 +1,6 @@
 //! TLS for listeners: rustls with ALPN h2 + http/1.1.
 
-use crate::config::ServerTls;
+use crate::config::{ListenerProtocol, ServerTls};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
@@ -13,8 +13,11 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A rustls server config for a listener, offering h2 and http/1.1.
-pub fn server_config(t: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A rustls server config for a listener, offering by ALPN the protocols the listener speaks.
+pub fn server_config(
+    t: &ServerTls,
+    protocol: ListenerProtocol,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let cert_path = t.cert_file.display().to_string();
     let key_path = t.key_file.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
@@ -38,6 +41,10 @@ pub fn server_config(t: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsErro
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = match protocol {
+        ListenerProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        ListenerProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        ListenerProtocol::Http2 => vec![b"h2".to_vec()],
+    };
     Ok(Arc::new(cfg))
 }

@@ -5,7 +5,7 @@
 
 pub mod raw;
 
-pub use raw::{BalancerKind, UpstreamProtocol};
+pub use raw::{BalancerKind, ListenerProtocol, UpstreamProtocol};
 
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
@@ -100,6 +100,7 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub tls: Option<ServerTls>,
+    pub protocol: ListenerProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -483,6 +484,7 @@ fn validate_listeners(
                 name: "main".into(),
                 listen,
                 tls: None,
+                protocol: ListenerProtocol::Auto,
             });
         }
         return out;
@@ -527,7 +529,12 @@ fn validate_listeners(
                 key_file: PathBuf::from(&t.key_file),
             }
         });
-        out.push(ListenerConfig { name, listen, tls });
+        out.push(ListenerConfig {
+            name,
+            listen,
+            tls,
+            protocol: l.protocol,
+        });
     }
     out
 }

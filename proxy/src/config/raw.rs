@@ -51,6 +51,19 @@ pub struct RawListener {
     pub name: Option<String>,
     pub listen: String,
     pub tls: Option<RawServerTls>,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+}
+
+/// HTTP versions a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2: by ALPN with TLS, by the connection preface in cleartext (h2c).
+    #[default]
+    Auto,
+    Http1,
+    Http2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
