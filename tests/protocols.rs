@@ -247,3 +247,30 @@ async fn upgrades_are_relayed_both_ways() {
         assert_eq!(got, msg);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let b = backend("pool", 0.0).await;
+    let proxy = Proxy::start(&simple_config(
+        &endpoints_toml(&[b.clone()], None),
+        "round_robin",
+        "",
+        "",
+    ));
+    let client = http1_client();
+    for i in 0..50 {
+        let path = if i % 5 == 0 {
+            "/sse?n=2&interval_ms=1"
+        } else {
+            "/pooled"
+        };
+        assert_eq!(get(&client, &proxy.url(path)).await.unwrap().status, 200);
+    }
+    // One pool per worker (2 here): sequential requests need at most one connection each.
+    assert!(
+        b.connections() <= 2,
+        "50 sequential requests opened {} upstream connections",
+        b.connections()
+    );
+    assert_eq!(b.served(), 50);
+}

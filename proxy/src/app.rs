@@ -204,6 +204,11 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = interval.tick() => {
                 let windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
                 shared.telemetry.push(windows);
+                let snap = shared.snapshot.load();
+                let now = shared.clock.now();
+                for r in snap.routes.iter() {
+                    r.clients.sweep(now);
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! [`Guard`], which records the outcome when the last frame has been sent, or when the client
 //! goes away, whichever comes first.
 
+use crate::client::Http1Conn;
 use crate::snapshot::Snapshot;
 use crate::telemetry::recorder::Outcome;
 use bytes::Bytes;
@@ -35,7 +36,8 @@ pub enum ScopeRef {
     Endpoint { route: u32, endpoint: u32 },
 }
 
-/// Records one request's outcome into the snapshot it started on, exactly once, on drop.
+/// Records one request's outcome into the snapshot it started on, exactly once, on drop, and
+/// gives the upstream connection back to its pool if the response was read to its end.
 pub struct Guard {
     snap: Arc<Snapshot>,
     scope: ScopeRef,
@@ -43,6 +45,10 @@ pub struct Guard {
     /// Whether `start` was recorded (in-flight gauges must be released).
     started: bool,
     pub outcome: Outcome,
+    /// The HTTP/1 connection the response is read from.
+    conn: Option<Http1Conn>,
+    /// The response was read completely: the connection may serve another request.
+    reusable: bool,
 }
 
 impl Guard {
@@ -60,7 +66,14 @@ impl Guard {
             worker,
             started: true,
             outcome,
+            conn: None,
+            reusable: false,
         }
+    }
+
+    /// Lend the guard the connection the response comes from.
+    pub fn hold_connection(&mut self, conn: Option<Http1Conn>) {
+        self.conn = conn;
     }
 
     /// A guard for a request answered locally, never in flight upstream.
@@ -71,6 +84,8 @@ impl Guard {
             worker,
             started: false,
             outcome,
+            conn: None,
+            reusable: false,
         }
     }
 
@@ -88,6 +103,14 @@ impl Drop for Guard {
             if let ScopeRef::Endpoint { route, endpoint } = self.scope {
                 if let Some(e) = self.snap.endpoint(route, endpoint) {
                     e.finish();
+                    if let (true, Some(conn), Some(r)) = (
+                        self.reusable,
+                        self.conn.take(),
+                        self.snap.routes.get(route as usize),
+                    ) {
+                        r.clients
+                            .put_back(self.worker, e.id, conn, self.snap.clock.now());
+                    }
                 }
             }
         }
@@ -214,6 +237,26 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The upstream response was read to its end: record, and let the connection be reused.
+    fn finish_upstream(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.reusable = true;
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body hyper never polled (empty, or fully sent) is still complete.
+        if let Kind::Upstream(inner) = &self.kind {
+            if inner.is_end_stream() {
+                self.finish_upstream();
+            }
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -231,10 +274,14 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
             },
-            Kind::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
+            Kind::Upstream(inner) => match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let (Some(d), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
                         g.outcome.bytes_out += d.len() as u64;
+                    }
+                    if inner.is_end_stream() {
+                        // hyper may not poll again after the last frame: finish now.
+                        this.finish_upstream();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -246,7 +293,7 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
                 None => {
-                    this.guard = None;
+                    this.finish_upstream();
                     Poll::Ready(None)
                 }
             },

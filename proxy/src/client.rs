@@ -1,20 +1,31 @@
-//! Connections to upstreams: one hyper client (and so one connection pool) per cluster per
-//! worker, so a worker's requests ride connections driven by its own event loop.
+//! Connections to upstreams: a pool per cluster, per worker, per endpoint, over hyper's
+//! low-level `client::conn` API.
+//!
+//! Why not `hyper_util`'s pooled client: it checks connections out through a shared map keyed
+//! by URI, and spawns a task per request just to put the connection back when the response is
+//! done. Here a worker's pool is touched only by that worker (its mutex is never contended), an
+//! HTTP/1 connection goes back from the response body's end (see `body::Guard`), and an
+//! HTTP/2 connection is shared by every request of the worker to that endpoint.
+//!
+//! A pooled HTTP/1 connection may have been closed by the upstream while idle; if hyper hands
+//! the request back unsent, it is retried once on a fresh connection (always safe: nothing was
+//! written). Anything else is the caller's error to report.
 
 use crate::body::RequestBody;
 use crate::config::{TransportConfig, UpstreamProtocol};
-use http::uri::Scheme;
-use hyper_rustls::FixedServerNameResolver;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-pub type UpstreamClient = Client<Connector, RequestBody>;
+use tokio_rustls::TlsConnector;
+use vivremotion_protocol::Nanos;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,20 +37,44 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// A cluster's clients, one per worker, plus what built them (to reuse across reloads).
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (refused, unreachable, timeout, TLS or h2 handshake).
+    Connect(String),
+    /// The connection failed after the request was (at least partly) sent.
+    Request(hyper::Error),
+}
+
+/// An HTTP/1 connection lent to one request; returned with [`ClusterClients::put_back`].
+pub type Http1Conn = http1::SendRequest<RequestBody>;
+
+#[derive(Default)]
+struct WorkerPool {
+    h1: HashMap<u64, Vec<(Http1Conn, Nanos)>>,
+    h2: HashMap<u64, http2::SendRequest<RequestBody>>,
+}
+
+/// A cluster's connections, and what built them (to reuse across reloads).
 pub struct ClusterClients {
     pub transport: TransportConfig,
     pub scheme: Scheme,
-    per_worker: Box<[UpstreamClient]>,
+    tls: Option<TlsConnector>,
+    pools: Box<[Mutex<WorkerPool>]>,
 }
 
 impl std::fmt::Debug for ClusterClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterClients")
             .field("transport", &self.transport)
-            .field("workers", &self.per_worker.len())
+            .field("workers", &self.pools.len())
             .finish()
     }
+}
+
+enum Conn {
+    H1(Http1Conn),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl ClusterClients {
@@ -48,12 +83,17 @@ impl ClusterClients {
         workers: usize,
     ) -> Result<ClusterClients, ClientError> {
         let tls = match &transport.tls {
-            Some(t) => Some(client_tls_config(t.ca_file.as_deref())?),
+            Some(t) => {
+                let mut cfg = client_tls_config(t.ca_file.as_deref())?;
+                cfg.alpn_protocols = match transport.protocol {
+                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+                    UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                };
+                Some(TlsConnector::from(Arc::new(cfg)))
+            }
             None => None,
         };
-        let per_worker = (0..workers.max(1))
-            .map(|_| build_client(transport, tls.clone()))
-            .collect();
         Ok(ClusterClients {
             transport: transport.clone(),
             scheme: if transport.tls.is_some() {
@@ -61,12 +101,193 @@ impl ClusterClients {
             } else {
                 Scheme::HTTP
             },
-            per_worker,
+            tls,
+            // One pool per worker plus one for any other thread.
+            pools: (0..workers.max(1) + 1).map(|_| Mutex::default()).collect(),
         })
     }
 
-    pub fn for_worker(&self, worker: usize) -> &UpstreamClient {
-        &self.per_worker[worker % self.per_worker.len()]
+    fn pool(&self, worker: usize) -> std::sync::MutexGuard<'_, WorkerPool> {
+        self.pools[worker.min(self.pools.len() - 1)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A usable pooled connection, dropping closed and expired ones on the way.
+    fn take_idle(&self, worker: usize, endpoint: u64, now: Nanos) -> Option<Conn> {
+        let mut pool = self.pool(worker);
+        if let Some(h2) = pool.h2.get(&endpoint) {
+            if !h2.is_closed() {
+                return Some(Conn::H2(h2.clone()));
+            }
+            pool.h2.remove(&endpoint);
+        }
+        let idle = pool.h1.get_mut(&endpoint)?;
+        let max_idle = self.transport.pool_idle_timeout;
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Some((mut c, since)) = idle.pop() {
+            if now.saturating_since(since) > max_idle {
+                continue;
+            }
+            // Connections come back only once their response is read, so they are ready at
+            // once; a closed one answers Err and is dropped.
+            if let Poll::Ready(Ok(())) = c.poll_ready(&mut cx) {
+                return Some(Conn::H1(c));
+            }
+        }
+        None
+    }
+
+    /// Return an HTTP/1 connection whose response has been read completely.
+    pub fn put_back(&self, worker: usize, endpoint: u64, conn: Http1Conn, now: Nanos) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut pool = self.pool(worker);
+        let idle = pool.h1.entry(endpoint).or_default();
+        if idle.len() < self.transport.pool_max_idle_per_endpoint {
+            idle.push((conn, now));
+        }
+    }
+
+    /// Close idle connections that outlived `pool_idle_timeout` (upstreams close them anyway).
+    pub fn sweep(&self, now: Nanos) {
+        let max_idle = self.transport.pool_idle_timeout;
+        for p in self.pools.iter() {
+            let mut pool = p.lock().unwrap_or_else(|p| p.into_inner());
+            for idle in pool.h1.values_mut() {
+                idle.retain(|(c, since)| {
+                    !c.is_closed() && now.saturating_since(*since) <= max_idle
+                });
+            }
+            pool.h1.retain(|_, v| !v.is_empty());
+            pool.h2.retain(|_, c| !c.is_closed());
+        }
+    }
+
+    /// Send `req` to the endpoint, on a pooled connection if one is idle. Returns the response
+    /// and, for HTTP/1, the connection to give back once the response body is done.
+    pub async fn send(
+        &self,
+        worker: usize,
+        endpoint: u64,
+        authority: &Authority,
+        mut req: Request<RequestBody>,
+        now: Nanos,
+    ) -> Result<(Response<Incoming>, Option<Http1Conn>), SendError> {
+        let mut retried = false;
+        loop {
+            let (conn, fresh) = match self.take_idle(worker, endpoint, now) {
+                Some(c) => (c, false),
+                None => (self.connect(authority).await?, true),
+            };
+            match conn {
+                Conn::H2(mut h2) => {
+                    if fresh {
+                        self.pool(worker).h2.insert(endpoint, h2.clone());
+                    }
+                    return h2
+                        .send_request(req)
+                        .await
+                        .map(|r| (r, None))
+                        .map_err(SendError::Request);
+                }
+                Conn::H1(mut h1) => {
+                    if fresh {
+                        h1.ready()
+                            .await
+                            .map_err(|e| SendError::Connect(e.to_string()))?;
+                    }
+                    match h1.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, Some(h1))),
+                        Err(mut e) => match e.take_message() {
+                            // Not sent at all: the pooled connection was already dead.
+                            Some(unsent) if !fresh && !retried => {
+                                req = unsent;
+                                retried = true;
+                            }
+                            _ => return Err(SendError::Request(e.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+        let t = &self.transport;
+        let timeout = t.connect_timeout;
+        let within = |what: &str| {
+            format!(
+                "{what} took longer than {}",
+                humantime::format_duration(timeout)
+            )
+        };
+        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority.as_str()))
+            .await
+            .map_err(|_| SendError::Connect(within("connecting")))?
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => {
+                let h2 = t.protocol == UpstreamProtocol::Http2;
+                handshake(TokioIo::new(tcp), h2, timeout).await
+            }
+            Some(connector) => {
+                let name = match t.tls.as_ref().and_then(|c| c.server_name.clone()) {
+                    Some(n) => n,
+                    None => authority
+                        .host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                };
+                let name = ServerName::try_from(name)
+                    .map_err(|e| SendError::Connect(format!("TLS server name: {e}")))?;
+                let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| SendError::Connect(within("the TLS handshake")))?
+                    .map_err(|e| SendError::Connect(format!("TLS handshake: {e}")))?;
+                let h2 = match tls.get_ref().1.alpn_protocol() {
+                    Some(p) => p == b"h2",
+                    None => t.protocol == UpstreamProtocol::Http2,
+                };
+                handshake(TokioIo::new(tls), h2, timeout).await
+            }
+        }
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>, h2: bool, timeout: Duration) -> Result<Conn, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .adaptive_window(true);
+        let (send, conn) = tokio::time::timeout(timeout, b.handshake(io))
+            .await
+            .map_err(|_| SendError::Connect("HTTP/2 handshake timed out".into()))?
+            .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Conn::H2(send))
+    } else {
+        let (send, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(format!("HTTP/1 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(Conn::H1(send))
     }
 }
 
@@ -111,59 +332,4 @@ fn client_tls_config(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-fn build_client(t: &TransportConfig, tls: Option<rustls::ClientConfig>) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(t.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let connector = match tls {
-        Some(cfg) => {
-            let mut b = builder.with_tls_config(cfg).https_only();
-            // Validated as a server name when the config was loaded.
-            if let Some(name) = t.tls.as_ref().and_then(|t| t.server_name.clone()) {
-                if let Ok(name) = ServerName::try_from(name) {
-                    b = b.with_server_name_resolver(FixedServerNameResolver::new(name));
-                }
-            }
-            match t.protocol {
-                UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
-                UpstreamProtocol::Http2 => b.enable_http2().wrap_connector(http),
-                UpstreamProtocol::Auto => b.enable_all_versions().wrap_connector(http),
-            }
-        }
-        None => builder
-            .with_tls_config(empty_tls_config())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http),
-    };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(t.pool_idle_timeout)
-        .pool_max_idle_per_host(t.pool_max_idle_per_endpoint)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if t.protocol == UpstreamProtocol::Http2 && t.tls.is_none() {
-        b.http2_only(true);
-    }
-    b.build(connector)
-}
-
-/// Placeholder TLS config for cleartext clusters, whose connector never starts TLS.
-fn empty_tls_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-        // ring supports the default versions; this arm only keeps the type checker honest.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    }
 }

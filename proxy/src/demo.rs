@@ -85,6 +85,7 @@ pub struct DemoUpstream {
     addr: Mutex<SocketAddr>,
     settings: Mutex<DemoSettings>,
     served: AtomicU64,
+    connections: AtomicU64,
     seed: u64,
     /// Stops the running server; `None` while down.
     stop: Mutex<Option<watch::Sender<bool>>>,
@@ -102,6 +103,7 @@ impl DemoUpstream {
             addr: Mutex::new(addr),
             settings: Mutex::new(settings),
             served: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             seed,
             stop: Mutex::new(None),
         })
@@ -118,6 +120,11 @@ impl DemoUpstream {
     /// Requests answered so far.
     pub fn served(&self) -> u64 {
         self.served.load(Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
     }
 
     pub fn describe(&self) -> serde_json::Value {
@@ -204,6 +211,7 @@ impl DemoUpstream {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
+                    self.connections.fetch_add(1, Relaxed);
                     let me = self.clone();
                     let builder = builder.clone();
                     let mut stop = stop.clone();

@@ -17,6 +17,8 @@ pub const FAILING_AFTER: u32 = 3;
 
 #[derive(Debug)]
 pub struct EndpointState {
+    /// Unique for the life of the process: keys this endpoint's connection pools.
+    pub id: u64,
     pub cluster: String,
     pub address: String,
     in_flight: AtomicU32,
@@ -44,8 +46,10 @@ impl EndpointState {
         decay: Duration,
         now: Nanos,
     ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let e = PeakEwma::new(default_rtt, now);
         EndpointState {
+            id: NEXT_ID.fetch_add(1, Relaxed),
             cluster: cluster.to_string(),
             address: address.to_string(),
             in_flight: AtomicU32::new(0),

@@ -8,6 +8,7 @@
 use crate::balance::hash::mix64;
 use crate::balance::PickInput;
 use crate::body::{find_body_too_large, Guard, RequestBody, ResponseBody, ScopeRef};
+use crate::client::SendError;
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
@@ -270,37 +271,43 @@ pub async fn handle(
         upstream = %endpoint.address,
     );
     let timeout = route.cfg.timeout;
-    let send = route
-        .clients
-        .for_worker(w.id)
-        .request(Request::from_parts(parts, body));
+    let send = route.clients.send(
+        w.id,
+        endpoint.id,
+        &route.authorities[ei],
+        Request::from_parts(parts, body),
+        t0,
+    );
     let result = tokio::time::timeout(timeout, send).instrument(span).await;
     let now = shared.clock.now();
     let latency = now.saturating_since(t0);
     let latency_us = latency.as_nanos() as f64 / 1e3;
 
     let mut resp = match result {
-        Ok(Ok(resp)) => resp,
+        Ok(Ok((resp, conn))) => {
+            guard.hold_connection(conn);
+            resp
+        }
         Ok(Err(e)) => {
-            if let Some(limit) = find_body_too_large(&e) {
-                return error_response(
-                    &ProxyError::BodyTooLarge { limit },
-                    &rid,
-                    guard,
-                    latency_us,
-                );
-            }
-            let detail = error_chain(&e);
-            let err = if e.is_connect() {
-                ProxyError::UpstreamConnect {
+            let err = match e {
+                SendError::Request(e) => {
+                    if let Some(limit) = find_body_too_large(&e) {
+                        return error_response(
+                            &ProxyError::BodyTooLarge { limit },
+                            &rid,
+                            guard,
+                            latency_us,
+                        );
+                    }
+                    ProxyError::UpstreamReset {
+                        endpoint: endpoint.address.clone(),
+                        detail: error_chain(&e),
+                    }
+                }
+                SendError::Connect(detail) => ProxyError::UpstreamConnect {
                     endpoint: endpoint.address.clone(),
                     detail,
-                }
-            } else {
-                ProxyError::UpstreamReset {
-                    endpoint: endpoint.address.clone(),
-                    detail,
-                }
+                },
             };
             // A failing endpoint answers fast; without a penalty, latency-aware balancing
             // would pour traffic into it. Count the failure as slow as the route's timeout.

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use vivremotion_protocol::telemetry::Scope;
-use vivremotion_protocol::{Nanos, Policy};
+use vivremotion_protocol::Policy;
 
 /// Scope name of requests answered before any route matched.
 pub const UNMATCHED_ROUTE: &str = "(unmatched)";
@@ -84,6 +84,8 @@ impl RouteRuntime {
 pub struct Snapshot {
     /// Increases with every snapshot built by this process.
     pub generation: u64,
+    /// The process clock, for work done when a request ends (pooling connections).
+    pub clock: Arc<dyn vivremotion_protocol::Clock>,
     pub config: Arc<Config>,
     pub policy: Option<Arc<Policy>>,
     pub routes: Box<[RouteRuntime]>,
@@ -161,8 +163,9 @@ pub fn build(
     strict: bool,
     reg: &Registries,
     generation: u64,
-    now: Nanos,
+    clock: &Arc<dyn vivremotion_protocol::Clock>,
 ) -> Result<Built, BuildError> {
+    let now = clock.now();
     let workers = config.proxy.workers;
     let mut warnings = Vec::new();
     if let Some(p) = &policy {
@@ -311,6 +314,7 @@ pub fn build(
     Ok(Built {
         snapshot: Snapshot {
             generation,
+            clock: clock.clone(),
             config,
             policy,
             routes: routes.into(),

@@ -51,7 +51,7 @@ impl Shared {
     ) -> Result<Arc<Shared>, BuildError> {
         let registries = Registries::default();
         let keep = config.telemetry.keep_windows;
-        let built = snapshot::build(Arc::new(config), None, true, &registries, 1, clock.now())?;
+        let built = snapshot::build(Arc::new(config), None, true, &registries, 1, &clock)?;
         Ok(Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(built.snapshot),
             registries,
@@ -105,7 +105,7 @@ impl Shared {
             false,
             &self.registries,
             generation,
-            self.clock.now(),
+            &self.clock,
         )?;
         warnings.extend(built.warnings);
         self.snapshot.store(Arc::new(built.snapshot));
@@ -141,7 +141,7 @@ impl Shared {
             true,
             &self.registries,
             generation,
-            self.clock.now(),
+            &self.clock,
         )?;
         self.snapshot.store(Arc::new(built.snapshot));
         Ok(version)
