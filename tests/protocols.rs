@@ -252,7 +252,7 @@ async fn upgrades_are_relayed_both_ways() {
 async fn upstream_connections_are_reused() {
     let b = backend("pool", 0.0).await;
     let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b.clone()], None),
+        &endpoints_toml(std::slice::from_ref(&b), None),
         "round_robin",
         "",
         "",
