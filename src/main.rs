@@ -9,6 +9,9 @@ use vivremotion_proxy::config::Config;
 use vivremotion_proxy::demo::{DemoSettings, DemoUpstream, DemoUpstreams};
 use vivremotion_proxy::{App, AppOptions};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vivremotion",

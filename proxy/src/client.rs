@@ -179,7 +179,9 @@ impl ClusterClients {
         loop {
             let (conn, fresh) = match self.take_idle(worker, endpoint, now) {
                 Some(c) => (c, false),
-                None => (self.connect(authority).await?, true),
+                // Boxed: the connect future (TCP, TLS, h2 handshakes) is kilobytes large, and
+                // inline it would be copied with every request's future, pooled or not.
+                None => (Box::pin(self.connect(authority)).await?, true),
             };
             match conn {
                 Conn::H2(mut h2) => {
