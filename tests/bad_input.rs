@@ -44,11 +44,11 @@ async fn assert_still_serving(proxy: &Proxy) {
 async fn every_bad_input_gets_its_status_and_the_proxy_keeps_serving() {
     let good = backend("good", 0.0).await;
     let slow = backend("slow", 2_000.0).await;
-    // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on: bound (so no other test's listener can take it) but never
+    // listening, so connecting is refused.
+    let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = closed_socket.local_addr().unwrap();
     // An upstream that reads the request and hangs up without answering.
     let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rude_addr = rude.local_addr().unwrap();

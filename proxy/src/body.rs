@@ -6,7 +6,7 @@
 //! [`Guard`], which records the outcome when the last frame has been sent, or when the client
 //! goes away, whichever comes first.
 
-use crate::client::Http1Conn;
+use crate::client::{Http1Conn, UpstreamBody};
 use crate::snapshot::Snapshot;
 use crate::telemetry::recorder::Outcome;
 use bytes::Bytes;
@@ -69,11 +69,6 @@ impl Guard {
             conn: None,
             reusable: false,
         }
-    }
-
-    /// Lend the guard the connection the response comes from.
-    pub fn hold_connection(&mut self, conn: Option<Http1Conn>) {
-        self.conn = conn;
     }
 
     /// A guard for a request answered locally, never in flight upstream.
@@ -200,7 +195,7 @@ impl Body for RequestBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -211,7 +206,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, guard: Guard) -> ResponseBody {
+    pub fn upstream(inner: UpstreamBody, guard: Guard) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(inner),
             guard: Some(guard),
@@ -241,6 +236,9 @@ impl ResponseBody {
     /// The upstream response was read to its end: record, and let the connection be reused.
     fn finish_upstream(&mut self) {
         if let Some(mut g) = self.guard.take() {
+            if let Kind::Upstream(UpstreamBody::H1(b)) = &mut self.kind {
+                g.conn = b.take_reusable();
+            }
             g.reusable = true;
         }
     }
@@ -290,7 +288,7 @@ impl Body for ResponseBody {
                         g.outcome.failure = Some(crate::error::UpstreamFailure::Reset);
                     }
                     this.guard = None;
-                    Poll::Ready(Some(Err(Box::new(e))))
+                    Poll::Ready(Some(Err(e)))
                 }
                 None => {
                     this.finish_upstream();
@@ -311,6 +309,39 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(i) => i.size_hint(),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
         }
     }
 }

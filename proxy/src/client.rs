@@ -1,4 +1,5 @@
-//! Connections to upstreams: a pool per cluster, per worker, per endpoint, over hyper's
+//! Connections to upstreams: a pool per cluster, per worker, per endpoint. HTTP/1.1 goes
+//! through our own codec ([`crate::h1`]), driven in the request's task; HTTP/2 through hyper's
 //! low-level `client::conn` API.
 //!
 //! Why not `hyper_util`'s pooled client: it checks connections out through a shared map keyed
@@ -7,22 +8,22 @@
 //! HTTP/1 connection goes back from the response body's end (see `body::Guard`), and an
 //! HTTP/2 connection is shared by every request of the worker to that endpoint.
 //!
-//! A pooled HTTP/1 connection may have been closed by the upstream while idle; if hyper hands
-//! the request back unsent, it is retried once on a fresh connection (always safe: nothing was
-//! written). Anything else is the caller's error to report.
+//! A pooled HTTP/1 connection may have been closed by the upstream while idle; when the codec
+//! hands the request back as safe to resend, it is retried once on a fresh connection.
+//! Anything else is the caller's error to report.
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
 use crate::config::{TransportConfig, UpstreamProtocol};
+use crate::h1;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
 use vivremotion_protocol::Nanos;
@@ -43,11 +44,17 @@ pub enum SendError {
     /// No connection could be made (refused, unreachable, timeout, TLS or h2 handshake).
     Connect(String),
     /// The connection failed after the request was (at least partly) sent.
-    Request(hyper::Error),
+    Request(BoxError),
 }
 
 /// An HTTP/1 connection lent to one request; returned with [`ClusterClients::put_back`].
-pub type Http1Conn = http1::SendRequest<RequestBody>;
+pub type Http1Conn = h1::Conn;
+
+/// A response body from either kind of upstream connection.
+pub enum UpstreamBody {
+    H1(h1::Body),
+    H2(Incoming),
+}
 
 #[derive(Default)]
 struct WorkerPool {
@@ -124,14 +131,8 @@ impl ClusterClients {
         }
         let idle = pool.h1.get_mut(&endpoint)?;
         let max_idle = self.transport.pool_idle_timeout;
-        let mut cx = Context::from_waker(Waker::noop());
         while let Some((mut c, since)) = idle.pop() {
-            if now.saturating_since(since) > max_idle {
-                continue;
-            }
-            // Connections come back only once their response is read, so they are ready at
-            // once; a closed one answers Err and is dropped.
-            if let Poll::Ready(Ok(())) = c.poll_ready(&mut cx) {
+            if now.saturating_since(since) <= max_idle && c.is_idle_alive() {
                 return Some(Conn::H1(c));
             }
         }
@@ -140,9 +141,6 @@ impl ClusterClients {
 
     /// Return an HTTP/1 connection whose response has been read completely.
     pub fn put_back(&self, worker: usize, endpoint: u64, conn: Http1Conn, now: Nanos) {
-        if conn.is_closed() {
-            return;
-        }
         let mut pool = self.pool(worker);
         let idle = pool.h1.entry(endpoint).or_default();
         if idle.len() < self.transport.pool_max_idle_per_endpoint {
@@ -156,8 +154,8 @@ impl ClusterClients {
         for p in self.pools.iter() {
             let mut pool = p.lock().unwrap_or_else(|p| p.into_inner());
             for idle in pool.h1.values_mut() {
-                idle.retain(|(c, since)| {
-                    !c.is_closed() && now.saturating_since(*since) <= max_idle
+                idle.retain_mut(|(c, since)| {
+                    now.saturating_since(*since) <= max_idle && c.is_idle_alive()
                 });
             }
             pool.h1.retain(|_, v| !v.is_empty());
@@ -165,8 +163,8 @@ impl ClusterClients {
         }
     }
 
-    /// Send `req` to the endpoint, on a pooled connection if one is idle. Returns the response
-    /// and, for HTTP/1, the connection to give back once the response body is done.
+    /// Send `req` to the endpoint, on a pooled connection if one is idle. An HTTP/1 response
+    /// body carries its connection; take it back with [`h1::Body::take_reusable`].
     pub async fn send(
         &self,
         worker: usize,
@@ -174,7 +172,7 @@ impl ClusterClients {
         authority: &Authority,
         mut req: Request<RequestBody>,
         now: Nanos,
-    ) -> Result<(Response<Incoming>, Option<Http1Conn>), SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let mut retried = false;
         loop {
             let (conn, fresh) = match self.take_idle(worker, endpoint, now) {
@@ -191,27 +189,19 @@ impl ClusterClients {
                     return h2
                         .send_request(req)
                         .await
-                        .map(|r| (r, None))
-                        .map_err(SendError::Request);
+                        .map(|r| r.map(UpstreamBody::H2))
+                        .map_err(|e| SendError::Request(Box::new(e)));
                 }
-                Conn::H1(mut h1) => {
-                    if fresh {
-                        h1.ready()
-                            .await
-                            .map_err(|e| SendError::Connect(e.to_string()))?;
-                    }
-                    match h1.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, Some(h1))),
-                        Err(mut e) => match e.take_message() {
-                            // Not sent at all: the pooled connection was already dead.
-                            Some(unsent) if !fresh && !retried => {
-                                req = unsent;
-                                retried = true;
-                            }
-                            _ => return Err(SendError::Request(e.into_error())),
-                        },
-                    }
-                }
+                Conn::H1(c) => match c.send(req, !fresh).await {
+                    Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
+                    Err(f) => match f.unsent {
+                        Some(unsent) if !retried => {
+                            req = unsent;
+                            retried = true;
+                        }
+                        _ => return Err(SendError::Request(Box::new(f.error))),
+                    },
+                },
             }
         }
     }
@@ -231,10 +221,10 @@ impl ClusterClients {
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => {
-                let h2 = t.protocol == UpstreamProtocol::Http2;
-                handshake(TokioIo::new(tcp), h2, timeout).await
+            None if t.protocol == UpstreamProtocol::Http2 => {
+                h2_handshake(TokioIo::new(tcp), timeout).await
             }
+            None => Ok(Conn::H1(h1::Conn::new(h1::Stream::Tcp(tcp)))),
             Some(connector) => {
                 let name = match t.tls.as_ref().and_then(|c| c.server_name.clone()) {
                     Some(n) => n,
@@ -254,43 +244,34 @@ impl ClusterClients {
                     Some(p) => p == b"h2",
                     None => t.protocol == UpstreamProtocol::Http2,
                 };
-                handshake(TokioIo::new(tls), h2, timeout).await
+                if h2 {
+                    h2_handshake(TokioIo::new(tls), timeout).await
+                } else {
+                    Ok(Conn::H1(h1::Conn::new(h1::Stream::Tls(Box::new(tls)))))
+                }
             }
         }
     }
 }
 
-async fn handshake<T>(io: TokioIo<T>, h2: bool, timeout: Duration) -> Result<Conn, SendError>
+async fn h2_handshake<T>(io: TokioIo<T>, timeout: Duration) -> Result<Conn, SendError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if h2 {
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .adaptive_window(true);
-        let (send, conn) = tokio::time::timeout(timeout, b.handshake(io))
-            .await
-            .map_err(|_| SendError::Connect("HTTP/2 handshake timed out".into()))?
-            .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        Ok(Conn::H2(send))
-    } else {
-        let (send, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(format!("HTTP/1 handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-            }
-        });
-        Ok(Conn::H1(send))
-    }
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .adaptive_window(true);
+    let (send, conn) = tokio::time::timeout(timeout, b.handshake(io))
+        .await
+        .map_err(|_| SendError::Connect("HTTP/2 handshake timed out".into()))?
+        .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(Conn::H2(send))
 }
 
 fn client_tls_config(

@@ -1,0 +1,1111 @@
+//! HTTP/1.1 to upstreams, driven inside the request's own task.
+//!
+//! Why not hyper's `client::conn::http1`: it needs a task per connection to drive it, and every
+//! request then crosses a channel to that task and a oneshot back, waking two tasks per request
+//! on a core that does nothing else. Here the request future writes the head, streams the body
+//! and parses the response head itself; the response body reads from the connection as the
+//! listener side polls it. Measured on the proxy benchmark: see docs/benchmarks.md.
+//!
+//! The framing rules follow RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body;
+//! `Transfer-Encoding` wins over `Content-Length` (which is then dropped, since it lies);
+//! conflicting `Content-Length` values are an invalid response; anything else is read to EOF
+//! and the connection is not reused.
+
+use crate::body::{BoxError, RequestBody};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest response head (status line + headers) accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most headers in a response head.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Writes are gathered up to this size before going to the socket.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+const READ_HEAD: usize = 8 * 1024;
+const READ_BODY: usize = 32 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("writing the request: {0}")]
+    Write(#[source] io::Error),
+    #[error("request body")]
+    Body(#[source] BoxError),
+    #[error("reading the response: {0}")]
+    Read(#[source] io::Error),
+    #[error("the upstream closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("the upstream closed the connection in the middle of the response body")]
+    ClosedInBody,
+    #[error("invalid response from the upstream: {0}")]
+    Invalid(&'static str),
+    #[error("the upstream's response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+}
+
+/// The upstream socket, plain or TLS.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to an upstream, idle between requests.
+pub struct Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+/// A connection that switched protocols (101), with whatever the upstream sent after the head.
+pub struct Upgraded {
+    pub io: Stream,
+    pub read_ahead: Bytes,
+}
+
+/// Why [`Conn::send`] failed, and whether the request may be sent again elsewhere.
+pub struct SendFailure {
+    pub error: H1Error,
+    /// The request, given back when retrying it cannot do harm: nothing of it reached the
+    /// upstream, or it is idempotent, bodiless, and the pooled connection died before any byte
+    /// of a response (the keep-alive race every HTTP/1 client has to handle).
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: no EOF, error or stray bytes pending.
+    /// Costs no syscall unless the socket was reported readable.
+    pub fn is_idle_alive(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match &mut self.io {
+            Stream::Tcp(s) => match s.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    let mut b = [0u8; 1];
+                    matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // TLS may carry records that are not application data (session tickets): let
+            // rustls read them; only application bytes or EOF make the connection unusable.
+            Stream::Tls(s) => {
+                let mut b = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut b);
+                matches!(
+                    Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb),
+                    Poll::Pending
+                )
+            }
+        }
+    }
+
+    /// Send `req` and read the response head. `pooled`: the connection served a request before.
+    pub async fn send(
+        mut self,
+        req: Request<RequestBody>,
+        pooled: bool,
+    ) -> Result<Response<Body>, SendFailure> {
+        let (parts, mut body) = req.into_parts();
+        let head_req = parts.method == Method::HEAD;
+        let mut wbuf = Vec::with_capacity(512);
+        let chunked = encode_head(&parts, &body, &mut wbuf);
+        let bodiless = body.is_end_stream();
+
+        // The first body frame often is already here: send it with the head in one write.
+        let mut body_done = bodiless;
+        if !bodiless {
+            let now = {
+                let mut cx = Context::from_waker(Waker::noop());
+                Pin::new(&mut body).poll_frame(&mut cx)
+            };
+            if let Poll::Ready(f) = now {
+                match encode_frame(f, chunked, &mut wbuf) {
+                    Ok(done) => body_done = done,
+                    Err(e) => return Err(fail(H1Error::Body(e), None)),
+                }
+            }
+        }
+        if let Err(e) = self.io.write_all(&wbuf).await {
+            // Nothing of the request is known to have arrived; a dead pooled connection
+            // fails exactly here, so a body that is still whole can be sent again.
+            let unsent = (pooled && bodiless).then(|| Request::from_parts(parts, body));
+            return Err(fail(H1Error::Write(e), unsent));
+        }
+        wbuf.clear();
+        if !body_done {
+            if let Err(e) = self.write_body(&mut body, chunked, &mut wbuf).await {
+                return Err(fail(e, None));
+            }
+        }
+        drop(body);
+
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let upgrade_req = parts.headers.contains_key(header::UPGRADE);
+        loop {
+            let head = match self.read_head().await {
+                Ok(h) => h,
+                Err(H1Error::ClosedBeforeResponse) if pooled && bodiless && idempotent => {
+                    let req = Request::from_parts(parts, RequestBody::empty());
+                    return Err(fail(H1Error::ClosedBeforeResponse, Some(req)));
+                }
+                Err(e) => return Err(fail(e, None)),
+            };
+            let status = head.status;
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                if !upgrade_req {
+                    return Err(fail(
+                        H1Error::Invalid("101 without an upgrade request"),
+                        None,
+                    ));
+                }
+                let mut resp = Response::new(Body::upgraded(Upgraded {
+                    io: self.io,
+                    read_ahead: self.buf.freeze(),
+                }));
+                *resp.status_mut() = status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                return Ok(resp);
+            }
+            if status.is_informational() {
+                // 100 Continue and friends: the listener side already told the client to go
+                // on when the body was first read.
+                continue;
+            }
+            let mut headers = head.headers;
+            let kind = match framing(head_req, status, &mut headers) {
+                Ok(k) => k,
+                Err(e) => return Err(fail(e, None)),
+            };
+            let keep_alive = keep_alive(head.version, &headers) && !matches!(kind, Decode::Eof);
+            let mut resp = Response::new(Body::new(self, kind, keep_alive));
+            *resp.status_mut() = status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = headers;
+            return Ok(resp);
+        }
+    }
+
+    async fn write_body(
+        &mut self,
+        body: &mut RequestBody,
+        chunked: bool,
+        wbuf: &mut Vec<u8>,
+    ) -> Result<(), H1Error> {
+        loop {
+            // Gather what is ready; write when the body has to be waited for, or a lot is due.
+            let now = {
+                let mut cx = Context::from_waker(Waker::noop());
+                Pin::new(&mut *body).poll_frame(&mut cx)
+            };
+            let frame = match now {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    if !wbuf.is_empty() {
+                        self.io.write_all(wbuf).await.map_err(H1Error::Write)?;
+                        wbuf.clear();
+                    }
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                }
+            };
+            let done = encode_frame(frame, chunked, wbuf).map_err(H1Error::Body)?;
+            if done || wbuf.len() >= WRITE_HIGH_WATER {
+                self.io.write_all(wbuf).await.map_err(H1Error::Write)?;
+                wbuf.clear();
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_head(&mut self) -> Result<Head, H1Error> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&mut self.buf)? {
+                    return Ok(head);
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(H1Error::HeadTooLarge);
+                }
+            }
+            self.buf.reserve(READ_HEAD);
+            let n = read_some(&mut self.io, &mut self.buf)
+                .await
+                .map_err(H1Error::Read)?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    H1Error::ClosedBeforeResponse
+                } else {
+                    H1Error::Invalid("the connection closed inside the response head")
+                });
+            }
+        }
+    }
+}
+
+fn fail(error: H1Error, unsent: Option<Request<RequestBody>>) -> SendFailure {
+    SendFailure { error, unsent }
+}
+
+async fn read_some(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_some(io, buf, cx)).await
+}
+
+fn poll_read_some(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Write the request line and headers. Returns whether the body goes chunked.
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    for (name, value) in parts.headers.iter() {
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !has_length && !body.is_end_stream();
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// Append one body frame. Returns true when the body has ended.
+fn encode_frame(
+    frame: Option<Result<Frame<Bytes>, BoxError>>,
+    chunked: bool,
+    out: &mut Vec<u8>,
+) -> Result<bool, BoxError> {
+    match frame {
+        None => {
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            Ok(true)
+        }
+        Some(Err(e)) => Err(e),
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    return Ok(false);
+                }
+                if chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                Ok(false)
+            }
+            Err(frame) => {
+                // Trailers end the body; without chunked framing there is nowhere to put them.
+                if chunked {
+                    out.extend_from_slice(b"0\r\n");
+                    if let Ok(trailers) = frame.into_trailers() {
+                        for (name, value) in trailers.iter() {
+                            out.extend_from_slice(name.as_str().as_bytes());
+                            out.extend_from_slice(b": ");
+                            out.extend_from_slice(value.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    // The body may still yield `None`; it is not polled again.
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+        },
+    }
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parse a response head from the front of `buf`, consuming it. `None`: not complete yet.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Invalid("more than 128 headers"))
+        }
+        Err(_) => return Err(H1Error::Invalid("malformed status line or header")),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::Invalid("bad status code"))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Header values share the head's buffer instead of being copied one by one.
+    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let base = buf.as_ptr() as usize;
+    let n = resp.headers.len();
+    for (r, h) in ranges.iter_mut().zip(resp.headers.iter()) {
+        let ns = h.name.as_ptr() as usize - base;
+        let vs = h.value.as_ptr() as usize - base;
+        *r = (ns, ns + h.name.len(), vs, vs + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(n);
+    for &(ns, ne, vs, ve) in &ranges[..n] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| H1Error::Invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| H1Error::Invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    Length(u64),
+    Chunked(Chunk),
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+fn framing(head_req: bool, status: StatusCode, headers: &mut HeaderMap) -> Result<Decode, H1Error> {
+    if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Decode::Length(0));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // A message with both is a smuggling attempt or a broken server: the length lies.
+        headers.remove(header::CONTENT_LENGTH);
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Decode::Chunked(Chunk::Size),
+            _ => Decode::Eof,
+        });
+    }
+    let mut len: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v
+            .to_str()
+            .map_err(|_| H1Error::Invalid("bad content-length"))?
+            .split(',')
+        {
+            let part = part.trim();
+            // 1*DIGIT: no sign, no spaces inside (`u64::from_str` would take "+5").
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(H1Error::Invalid("bad content-length"));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| H1Error::Invalid("bad content-length"))?;
+            if len.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting content-length values"));
+            }
+            len = Some(n);
+        }
+    }
+    Ok(len.map_or(Decode::Eof, Decode::Length))
+}
+
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if version == Version::HTTP_11 {
+        !has("close")
+    } else {
+        has("keep-alive")
+    }
+}
+
+enum State {
+    Reading {
+        conn: Conn,
+        decode: Decode,
+        keep_alive: bool,
+    },
+    Upgraded(Upgraded),
+    /// The body ended; the connection, if it can serve another request.
+    Done(Option<Conn>),
+}
+
+/// A response body read from an upstream HTTP/1.1 connection.
+pub struct Body {
+    state: State,
+}
+
+impl Body {
+    fn new(conn: Conn, decode: Decode, keep_alive: bool) -> Body {
+        let state = if decode == Decode::Length(0) {
+            State::Done(keep_alive_done(conn, keep_alive))
+        } else {
+            State::Reading {
+                conn,
+                decode,
+                keep_alive,
+            }
+        };
+        Body { state }
+    }
+
+    fn upgraded(u: Upgraded) -> Body {
+        Body {
+            state: State::Upgraded(u),
+        }
+    }
+
+    /// The connection of a 101 response, for the tunnel.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        match std::mem::replace(&mut self.state, State::Done(None)) {
+            State::Upgraded(u) => Some(u),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// The connection, once the body was read to its end and the connection may be reused.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        match &mut self.state {
+            State::Done(c) => c.take(),
+            _ => None,
+        }
+    }
+}
+
+fn keep_alive_done(conn: Conn, keep_alive: bool) -> Option<Conn> {
+    // Bytes beyond the response mean the upstream does not frame its messages the way we
+    // read them: never put such a connection back.
+    (keep_alive && conn.buf.is_empty()).then_some(conn)
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        loop {
+            let State::Reading { conn, decode, .. } = &mut this.state else {
+                return Poll::Ready(None);
+            };
+            match decode_step(decode, &mut conn.buf) {
+                Err(e) => {
+                    this.state = State::Done(None);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Step::Data(d)) => {
+                    if *decode == Decode::Length(0) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Ok(Step::Trailers(t)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {
+                    let want = match decode {
+                        Decode::Length(n) => (*n as usize).clamp(1, READ_BODY),
+                        _ => READ_BODY,
+                    };
+                    conn.buf.reserve(want);
+                    let n = match ready!(poll_read_some(&mut conn.io, &mut conn.buf, cx)) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            this.state = State::Done(None);
+                            return Poll::Ready(Some(Err(H1Error::Read(e))));
+                        }
+                    };
+                    if n == 0 {
+                        let eof_ends = *decode == Decode::Eof;
+                        this.state = State::Done(None);
+                        return Poll::Ready(if eof_ends {
+                            None
+                        } else {
+                            Some(Err(H1Error::ClosedInBody))
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done(_) | State::Upgraded(_))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Reading {
+                decode: Decode::Length(n),
+                ..
+            } => SizeHint::with_exact(*n),
+            State::Reading { .. } => SizeHint::default(),
+            _ => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Body {
+    fn finish(&mut self) {
+        if let State::Reading {
+            conn, keep_alive, ..
+        } = std::mem::replace(&mut self.state, State::Done(None))
+        {
+            self.state = State::Done(keep_alive_done(conn, keep_alive));
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+/// Take the next piece of body out of `buf`.
+fn decode_step(decode: &mut Decode, buf: &mut BytesMut) -> Result<Step, H1Error> {
+    match decode {
+        Decode::Length(0) => Ok(Step::End),
+        Decode::Length(n) => {
+            if buf.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let k = (*n).min(buf.len() as u64) as usize;
+            *n -= k as u64;
+            Ok(Step::Data(buf.split_to(k).freeze()))
+        }
+        Decode::Eof => {
+            if buf.is_empty() {
+                Ok(Step::NeedMore)
+            } else {
+                Ok(Step::Data(buf.split().freeze()))
+            }
+        }
+        Decode::Chunked(state) => loop {
+            match state {
+                Chunk::Size => {
+                    let Some(eol) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = parse_chunk_size(&buf[..eol])?;
+                    buf.advance(eol + 2);
+                    *state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(n) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let k = (*n).min(buf.len() as u64) as usize;
+                    *n -= k as u64;
+                    if *n == 0 {
+                        *state = Chunk::DataEnd;
+                    }
+                    return Ok(Step::Data(buf.split_to(k).freeze()));
+                }
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Invalid("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *state = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *decode = Decode::Length(0);
+                        return Ok(Step::End);
+                    }
+                    // Trailer fields end with an empty line; parse them all at once.
+                    let Some(end) = find_subslice(buf, b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD {
+                            return Err(H1Error::HeadTooLarge);
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let trailers = match httparse::parse_headers(&buf[..end + 4], &mut slots) {
+                        Ok(httparse::Status::Complete((_, hs))) => {
+                            let mut map = HeaderMap::with_capacity(hs.len());
+                            for h in hs {
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(h.name.as_bytes()),
+                                    HeaderValue::from_bytes(h.value),
+                                ) {
+                                    map.append(n, v);
+                                }
+                            }
+                            map
+                        }
+                        _ => return Err(H1Error::Invalid("malformed trailers")),
+                    };
+                    buf.advance(end + 4);
+                    *decode = Decode::Length(0);
+                    return Ok(Step::Trailers(trailers));
+                }
+            }
+        },
+    }
+}
+
+/// Position of the first CRLF, if within `max` bytes.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, H1Error> {
+    match find_subslice(buf, b"\r\n") {
+        Some(i) if i <= max => Ok(Some(i)),
+        Some(_) => Err(H1Error::Invalid("chunk-size line too long")),
+        None if buf.len() > max => Err(H1Error::Invalid("chunk-size line too long")),
+        None => Ok(None),
+    }
+}
+
+fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `1a;ext=1` → 26. Hex digits, then optional extensions, which are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(H1Error::Invalid("bad chunk size"));
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty()
+        || rest
+            .iter()
+            .find(|b| **b != b' ' && **b != b'\t')
+            .is_some_and(|b| *b == b';');
+    if !rest_ok {
+        return Err(H1Error::Invalid("bad chunk size"));
+    }
+    let s = std::str::from_utf8(&line[..digits]).map_err(|_| H1Error::Invalid("bad chunk size"))?;
+    u64::from_str_radix(s, 16).map_err(|_| H1Error::Invalid("bad chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+
+    fn decode_all(
+        mut decode: Decode,
+        input: &[u8],
+        splits: &[usize],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, usize), H1Error> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut cuts = splits.iter().copied().chain(std::iter::repeat(7));
+        let mut body = Vec::new();
+        let mut trailers = None;
+        loop {
+            match decode_step(&mut decode, &mut buf)? {
+                Step::Data(d) => body.extend_from_slice(&d),
+                Step::Trailers(t) => {
+                    trailers = Some(t);
+                    return Ok((body, trailers, buf.len() + input.len() - fed));
+                }
+                Step::End => return Ok((body, trailers, buf.len() + input.len() - fed)),
+                Step::NeedMore => {
+                    if fed == input.len() {
+                        return Err(H1Error::ClosedInBody);
+                    }
+                    let n = cuts.next().unwrap_or(1).clamp(1, input.len() - fed);
+                    buf.extend_from_slice(&input[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(parse_chunk_size(b"0").unwrap(), 0);
+        assert_eq!(parse_chunk_size(b"FF;name=value").unwrap(), 255);
+        assert_eq!(parse_chunk_size(b"10 ;x").unwrap(), 16);
+        for bad in [&b""[..], b";x", b"1g", b"-1", b"12345678901234567", b"1 2"] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert_eq!(
+            framing(true, StatusCode::OK, &mut h.clone()).unwrap(),
+            Decode::Length(0)
+        );
+        assert_eq!(
+            framing(false, StatusCode::NO_CONTENT, &mut h.clone()).unwrap(),
+            Decode::Length(0)
+        );
+        assert_eq!(
+            framing(false, StatusCode::NOT_MODIFIED, &mut h.clone()).unwrap(),
+            Decode::Length(0)
+        );
+        assert_eq!(
+            framing(false, StatusCode::OK, &mut h.clone()).unwrap(),
+            Decode::Length(10)
+        );
+        // Transfer-Encoding wins, and the lying length is dropped.
+        let mut both = h.clone();
+        both.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert_eq!(
+            framing(false, StatusCode::OK, &mut both).unwrap(),
+            Decode::Chunked(Chunk::Size)
+        );
+        assert!(!both.contains_key(header::CONTENT_LENGTH));
+        let mut gz = HeaderMap::new();
+        gz.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(
+            framing(false, StatusCode::OK, &mut gz).unwrap(),
+            Decode::Eof
+        );
+        // Repeated equal lengths are one length; different ones are an invalid response.
+        let mut same = h.clone();
+        same.append(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert_eq!(
+            framing(false, StatusCode::OK, &mut same).unwrap(),
+            Decode::Length(10)
+        );
+        let mut diff = h.clone();
+        diff.append(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        assert!(framing(false, StatusCode::OK, &mut diff).is_err());
+        let mut junk = HeaderMap::new();
+        junk.insert(header::CONTENT_LENGTH, HeaderValue::from_static("+5"));
+        assert!(framing(false, StatusCode::OK, &mut junk).is_err());
+        assert_eq!(
+            framing(false, StatusCode::OK, &mut HeaderMap::new()).unwrap(),
+            Decode::Eof
+        );
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection() {
+        let mut close = HeaderMap::new();
+        close.insert(header::CONNECTION, HeaderValue::from_static("foo, Close"));
+        let mut ka = HeaderMap::new();
+        ka.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!keep_alive(Version::HTTP_11, &close));
+        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(keep_alive(Version::HTTP_10, &ka));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"3\r\nab"] {
+            assert!(
+                decode_all(Decode::Chunked(Chunk::Size), bad, &[]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Any body, chunked any way, with or without extensions and trailers, and delivered
+        /// in any pieces, decodes to itself and consumes exactly the message.
+        #[test]
+        fn chunked_round_trip(
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+            chunk in 1usize..300,
+            ext in any::<bool>(),
+            trailer in any::<bool>(),
+            splits in proptest::collection::vec(1usize..64, 0..40),
+            extra in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for c in body.chunks(chunk) {
+                wire.extend_from_slice(format!("{:X}", c.len()).as_bytes());
+                if ext { wire.extend_from_slice(b";a=b"); }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(c);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailer { wire.extend_from_slice(b"grpc-status: 0\r\n"); }
+            wire.extend_from_slice(b"\r\n");
+            let n = wire.len();
+            wire.extend_from_slice(&extra);
+            let (out, trailers, left) = decode_all(Decode::Chunked(Chunk::Size), &wire, &splits).unwrap();
+            prop_assert_eq!(&out, &body);
+            prop_assert_eq!(trailers.is_some(), trailer);
+            prop_assert_eq!(left, wire.len() - n);
+        }
+
+        /// A length-delimited body stops at its length whatever follows.
+        #[test]
+        fn length_round_trip(
+            body in proptest::collection::vec(any::<u8>(), 1..2000),
+            splits in proptest::collection::vec(1usize..64, 0..40),
+        ) {
+            let mut wire = body.clone();
+            wire.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (out, _, left) = decode_all(Decode::Length(body.len() as u64), &wire, &splits).unwrap();
+            prop_assert_eq!(out, body);
+            prop_assert_eq!(left, 17);
+        }
+
+        /// The response-head parser never panics, whatever the upstream sends.
+        #[test]
+        fn head_parser_total(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = parse_head(&mut buf);
+        }
+    }
+
+    /// One request over a real socket to a server that answers with `reply`.
+    async fn exchange(reply: &'static [u8], method: Method) -> (Response<Body>, Vec<u8>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = vec![0u8; 4096];
+            let n = s.read(&mut got).await.unwrap();
+            s.write_all(reply).await.unwrap();
+            s.shutdown().await.unwrap();
+            got.truncate(n);
+            got
+        });
+        let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
+        let req = Request::builder()
+            .method(method)
+            .uri("/x?y=1")
+            .header("host", "up")
+            .body(RequestBody::empty())
+            .unwrap();
+        let resp = conn.send(req, false).await.map_err(|f| f.error).unwrap();
+        (resp, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn chunked_response_with_trailers_and_informational_heads() {
+        let (resp, sent) = exchange(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+            Method::GET,
+        )
+        .await;
+        assert_eq!(sent, b"GET /x?y=1 HTTP/1.1\r\nhost: up\r\n\r\n");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(f) = body.frame().await {
+            let f = f.unwrap();
+            match f.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers.unwrap()["x-checksum"], "1");
+        // Keep-alive by default, read to its end, nothing left over: reusable.
+        assert!(body.take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn eof_delimited_response_is_read_to_the_end_and_not_reused() {
+        let (resp, _) = exchange(b"HTTP/1.0 200 OK\r\n\r\nall of it", Method::GET).await;
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(f) = body.frame().await {
+            data.extend_from_slice(&f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(data, b"all of it");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_an_error_and_head_response_has_none() {
+        let (resp, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            Method::GET,
+        )
+        .await;
+        let r = resp.into_body().collect().await;
+        assert!(matches!(r, Err(H1Error::ClosedInBody)));
+        let (resp, sent) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            Method::HEAD,
+        )
+        .await;
+        assert!(sent.starts_with(b"HEAD "));
+        assert_eq!(resp.headers()["content-length"], "10");
+        let mut body = resp.into_body();
+        assert!(body.is_end_stream());
+        assert!(body.take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_are_clear_errors() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+        });
+        let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
+        let req = Request::new(RequestBody::empty());
+        let f = conn.send(req, true).await.err().unwrap();
+        assert!(matches!(f.error, H1Error::ClosedBeforeResponse));
+        assert!(
+            f.unsent.is_some(),
+            "an idempotent bodiless request on a pooled connection may be retried"
+        );
+        let err = async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+            });
+            let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
+            conn.send(Request::new(RequestBody::empty()), false)
+                .await
+                .err()
+                .unwrap()
+                .error
+        }
+        .await;
+        assert!(matches!(err, H1Error::Invalid(_)), "{err}");
+    }
+}
