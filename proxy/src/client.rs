@@ -139,6 +139,37 @@ impl ClusterClients {
         None
     }
 
+    /// Whether every connection to this cluster speaks HTTP/1.1 (ALPN cannot pick h2).
+    pub fn speaks_h1_only(&self) -> bool {
+        match self.transport.protocol {
+            UpstreamProtocol::Http1 => true,
+            UpstreamProtocol::Auto => self.tls.is_none(),
+            UpstreamProtocol::Http2 => false,
+        }
+    }
+
+    /// An idle HTTP/1.1 connection to the endpoint, or a new one; `true` if it was pooled.
+    pub async fn checkout_h1(
+        &self,
+        worker: usize,
+        endpoint: u64,
+        authority: &Authority,
+        now: Nanos,
+        fresh: bool,
+    ) -> Result<(h1::Conn, bool), SendError> {
+        if !fresh {
+            if let Some(Conn::H1(c)) = self.take_idle(worker, endpoint, now) {
+                return Ok((c, true));
+            }
+        }
+        match Box::pin(self.connect(authority)).await? {
+            Conn::H1(c) => Ok((c, false)),
+            Conn::H2(_) => Err(SendError::Connect(
+                "the upstream negotiated HTTP/2 on a cluster set to HTTP/1.1".into(),
+            )),
+        }
+    }
+
     /// Return an HTTP/1 connection whose response has been read completely.
     pub fn put_back(&self, worker: usize, endpoint: u64, conn: Http1Conn, now: Nanos) {
         let mut pool = self.pool(worker);

@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in a response head.
 const MAX_HEADERS: usize = 128;
+/// Read size while a body is streamed.
+pub(crate) const READ_BODY_CHUNK: usize = READ_BODY;
 /// Longest chunk-size line (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Writes are gathered up to this size before going to the socket.
@@ -95,8 +97,9 @@ impl AsyncWrite for Stream {
 
 /// One HTTP/1.1 connection to an upstream, idle between requests.
 pub struct Conn {
-    io: Stream,
-    buf: BytesMut,
+    pub(crate) io: Stream,
+    /// Bytes read from the upstream and not consumed yet.
+    pub(crate) buf: BytesMut,
 }
 
 /// A connection that switched protocols (101), with whatever the upstream sent after the head.
@@ -279,6 +282,42 @@ impl Conn {
         }
     }
 
+    /// Read the next final response head as raw bytes, skipping 1xx heads. A 101 is an
+    /// error here: the caller did not ask for an upgrade.
+    pub(crate) async fn read_raw_head(&mut self) -> Result<RawHead, H1Error> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_raw_head(&mut self.buf)? {
+                    match head.status {
+                        101 => return Err(H1Error::Invalid("101 without an upgrade request")),
+                        100..=199 => continue,
+                        _ => return Ok(head),
+                    }
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(H1Error::HeadTooLarge);
+                }
+            }
+            self.fill(READ_HEAD).await?;
+        }
+    }
+
+    /// Read more from the upstream; EOF before a head is [`H1Error::ClosedBeforeResponse`].
+    async fn fill(&mut self, want: usize) -> Result<(), H1Error> {
+        self.buf.reserve(want);
+        let n = read_some(&mut self.io, &mut self.buf)
+            .await
+            .map_err(H1Error::Read)?;
+        if n == 0 {
+            return Err(if self.buf.is_empty() {
+                H1Error::ClosedBeforeResponse
+            } else {
+                H1Error::Invalid("the connection closed inside the response head")
+            });
+        }
+        Ok(())
+    }
+
     async fn read_head(&mut self) -> Result<Head, H1Error> {
         loop {
             if !self.buf.is_empty() {
@@ -289,17 +328,7 @@ impl Conn {
                     return Err(H1Error::HeadTooLarge);
                 }
             }
-            self.buf.reserve(READ_HEAD);
-            let n = read_some(&mut self.io, &mut self.buf)
-                .await
-                .map_err(H1Error::Read)?;
-            if n == 0 {
-                return Err(if self.buf.is_empty() {
-                    H1Error::ClosedBeforeResponse
-                } else {
-                    H1Error::Invalid("the connection closed inside the response head")
-                });
-            }
+            self.fill(READ_HEAD).await?;
         }
     }
 }
@@ -309,7 +338,15 @@ fn fail(error: H1Error, unsent: Option<Request<RequestBody>>) -> SendFailure {
 }
 
 async fn read_some(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_some(io, buf, cx)).await
+    read_into(io, buf).await
+}
+
+/// Read once into the spare capacity of `buf` (reserve first); 0 means EOF.
+pub(crate) async fn read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
 }
 
 fn poll_read_some(
@@ -408,11 +445,39 @@ struct Head {
     headers: HeaderMap,
 }
 
+/// A response head as bytes plus where its parts are: what the fast path copies from.
+pub(crate) struct RawHead {
+    pub bytes: Bytes,
+    pub status: u16,
+    pub http11: bool,
+    pub reason: (usize, usize),
+    /// (name start, name end, value start, value end) per field, in order.
+    pub fields: Vec<(usize, usize, usize, usize)>,
+}
+
+impl RawHead {
+    pub fn name(&self, f: &(usize, usize, usize, usize)) -> &[u8] {
+        &self.bytes[f.0..f.1]
+    }
+    pub fn value(&self, f: &(usize, usize, usize, usize)) -> &[u8] {
+        &self.bytes[f.2..f.3]
+    }
+    /// Values of the fields called `name` (lowercase), in order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        self.fields
+            .iter()
+            .filter(move |f| self.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |f| self.value(f))
+    }
+}
+
 /// Parse a response head from the front of `buf`, consuming it. `None`: not complete yet.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+fn parse_raw_head(buf: &mut BytesMut) -> Result<Option<RawHead>, H1Error> {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -422,48 +487,66 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     };
     let status = resp
         .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(|c| (100..=999).contains(c))
         .ok_or(H1Error::Invalid("bad status code"))?;
-    let version = if resp.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Header values share the head's buffer instead of being copied one by one.
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let base = buf.as_ptr() as usize;
-    let n = resp.headers.len();
-    for (r, h) in ranges.iter_mut().zip(resp.headers.iter()) {
-        let ns = h.name.as_ptr() as usize - base;
-        let vs = h.value.as_ptr() as usize - base;
-        *r = (ns, ns + h.name.len(), vs, vs + h.value.len());
-    }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
-    for &(ns, ne, vs, ve) in &ranges[..n] {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| H1Error::Invalid("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+    let at = |p: *const u8| p as usize - base;
+    let reason = resp.reason.unwrap_or("");
+    let reason = (at(reason.as_ptr()), at(reason.as_ptr()) + reason.len());
+    let fields = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
+            (n, n + h.name.len(), v, v + h.value.len())
+        })
+        .collect();
+    Ok(Some(RawHead {
+        http11: resp.version != Some(0),
+        bytes: buf.split_to(len).freeze(),
+        status,
+        reason,
+        fields,
+    }))
+}
+
+/// Parse a response head into `http` types (see [`parse_raw_head`]).
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    let Some(raw) = parse_raw_head(buf)? else {
+        return Ok(None);
+    };
+    let status =
+        StatusCode::from_u16(raw.status).map_err(|_| H1Error::Invalid("bad status code"))?;
+    let mut headers = HeaderMap::with_capacity(raw.fields.len());
+    for f in &raw.fields {
+        let name =
+            HeaderName::from_bytes(raw.name(f)).map_err(|_| H1Error::Invalid("bad header name"))?;
+        // Values share the head's buffer instead of being copied one by one.
+        let value = HeaderValue::from_maybe_shared(raw.bytes.slice(f.2..f.3))
             .map_err(|_| H1Error::Invalid("bad header value"))?;
         headers.append(name, value);
     }
     Ok(Some(Head {
         status,
-        version,
+        version: if raw.http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        },
         headers,
     }))
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decode {
+pub(crate) enum Decode {
     Length(u64),
     Chunked(Chunk),
     Eof,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data.
@@ -475,39 +558,50 @@ enum Chunk {
 }
 
 fn framing(head_req: bool, status: StatusCode, headers: &mut HeaderMap) -> Result<Decode, H1Error> {
-    if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Decode::Length(0));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    let te = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .map(|v| v.as_bytes());
+    let d = framing_raw(
+        head_req,
+        status.as_u16(),
+        te,
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )?;
+    if te.is_some() {
         // A message with both is a smuggling attempt or a broken server: the length lies.
         headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
+    }
+    Ok(d)
+}
+
+/// Framing from the raw fields: `te_last` is the last Transfer-Encoding field, `lengths`
+/// every Content-Length field.
+pub(crate) fn framing_raw<'a>(
+    head_req: bool,
+    status: u16,
+    te_last: Option<&[u8]>,
+    lengths: impl Iterator<Item = &'a [u8]>,
+) -> Result<Decode, H1Error> {
+    if head_req || status == 204 || status == 304 {
+        return Ok(Decode::Length(0));
+    }
+    if let Some(te) = te_last {
+        let last = te.rsplit(|b| *b == b',').next().map(|c| c.trim_ascii());
         return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Decode::Chunked(Chunk::Size),
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Decode::Chunked(Chunk::Size),
             _ => Decode::Eof,
         });
     }
     let mut len: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v
-            .to_str()
-            .map_err(|_| H1Error::Invalid("bad content-length"))?
-            .split(',')
-        {
-            let part = part.trim();
-            // 1*DIGIT: no sign, no spaces inside (`u64::from_str` would take "+5").
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(H1Error::Invalid("bad content-length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| H1Error::Invalid("bad content-length"))?;
+    for v in lengths {
+        for part in v.split(|b| *b == b',') {
+            let n =
+                parse_decimal(part.trim_ascii()).ok_or(H1Error::Invalid("bad content-length"))?;
             if len.is_some_and(|l| l != n) {
                 return Err(H1Error::Invalid("conflicting content-length values"));
             }
@@ -517,18 +611,41 @@ fn framing(head_req: bool, status: StatusCode, headers: &mut HeaderMap) -> Resul
     Ok(len.map_or(Decode::Eof, Decode::Length))
 }
 
+/// 1*DIGIT as u64: no sign, no spaces (`u64::from_str` would take "+5").
+pub(crate) fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, c| {
+        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
+}
+
+/// Whether a comma-separated header value lists `token`.
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    if version == Version::HTTP_11 {
-        !has("close")
+    keep_alive_raw(
+        version == Version::HTTP_11,
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+pub(crate) fn keep_alive_raw<'a>(
+    http11: bool,
+    mut connection: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    if http11 {
+        !connection.any(|v| has_token(v, "close"))
     } else {
-        has("keep-alive")
+        connection.any(|v| has_token(v, "keep-alive"))
     }
 }
 
@@ -680,7 +797,7 @@ impl Body {
     }
 }
 
-enum Step {
+pub(crate) enum Step {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -688,7 +805,7 @@ enum Step {
 }
 
 /// Take the next piece of body out of `buf`.
-fn decode_step(decode: &mut Decode, buf: &mut BytesMut) -> Result<Step, H1Error> {
+pub(crate) fn decode_step(decode: &mut Decode, buf: &mut BytesMut) -> Result<Step, H1Error> {
     match decode {
         Decode::Length(0) => Ok(Step::End),
         Decode::Length(n) => {

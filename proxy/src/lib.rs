@@ -25,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod endpoint;
 pub mod error;
+pub mod fast;
 pub mod h1;
 pub mod headers;
 pub mod routing;

@@ -1,6 +1,7 @@
 //! Route matching and path rewriting: pure functions over request parts.
 
 use crate::config::{MatchConfig, PathMatch};
+use http::header::HeaderName;
 use http::{HeaderMap, Method, Uri};
 
 /// The host a request is for: `Host` header (HTTP/1) or the URI authority (HTTP/2), without
@@ -18,7 +19,7 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     strip_port(raw)
 }
 
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         return rest.split(']').next().unwrap_or(rest);
@@ -49,29 +50,74 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Whether a request satisfies every condition of a route.
+/// What route matching needs from a request, whether it is parsed into `http` types (the
+/// hyper path) or still raw bytes (the HTTP/1.1 fast path).
+pub trait RequestView {
+    fn method(&self) -> &str;
+    fn path(&self) -> &str;
+    /// The host without port.
+    fn host(&self) -> &str;
+    /// Every value of the header `name`.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+/// A request in `http` types.
+pub struct HttpRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestView for HttpRequest<'_> {
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn host(&self) -> &str {
+        request_host(self.uri, self.headers)
+    }
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+}
+
 pub fn matches(m: &MatchConfig, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+    matches_view(
+        m,
+        &HttpRequest {
+            method,
+            uri,
+            headers,
+        },
+    )
+}
+
+pub fn matches_view(m: &MatchConfig, r: &impl RequestView) -> bool {
     if let Some(p) = &m.host {
-        if !host_matches(p, request_host(uri, headers)) {
+        if !host_matches(p, r.host()) {
             return false;
         }
     }
     match &m.path {
-        Some(PathMatch::Prefix(p)) if !prefix_matches(p, uri.path()) => return false,
-        Some(PathMatch::Exact(p)) if uri.path() != p => return false,
+        Some(PathMatch::Prefix(p)) if !prefix_matches(p, r.path()) => return false,
+        Some(PathMatch::Exact(p)) if r.path() != p => return false,
         _ => {}
     }
     if let Some(ms) = &m.methods {
-        if !ms.iter().any(|x| x == method.as_str()) {
+        if !ms.iter().any(|x| x == r.method()) {
             return false;
         }
     }
     m.headers
         .iter()
-        .all(|(n, v)| headers.get_all(n).iter().any(|x| x == v))
-        && m.headers_present.iter().all(|n| headers.contains_key(n))
+        .all(|(n, v)| r.values(n).any(|x| x == v.as_bytes()))
+        && m.headers_present
+            .iter()
+            .all(|n| r.values(n).next().is_some())
 }
 
-/// Replace the matched `prefix` of the path with `replacement`, keeping the query.
 pub fn rewrite_prefix(path_and_query: &str, prefix: &str, replacement: &str) -> String {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -6,6 +6,7 @@
 //! workers but the policy snapshot (read through `ArcSwap`) and per-endpoint atomics.
 
 use crate::config::{Config, ListenerConfig, ListenerProtocol};
+use crate::fast::{self, Served};
 use crate::service::{handle, ConnInfo, Worker};
 use crate::state::Shared;
 use crate::tls::{self, TlsError};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -236,12 +238,21 @@ async fn accept_loop(
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let watcher = graceful.watcher();
+                let shutdown_rx = shutdown.clone();
                 match &tls {
                     None => {
                         let builder = for_protocol(&builder, protocol);
-                        let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                        let w = worker.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = watcher.watch(c).await {
+                            let stream = match protocol {
+                                ListenerProtocol::Http2 => Either::Right(stream),
+                                p => match fast::serve(w, conn, stream, shutdown_rx, p == ListenerProtocol::Auto).await {
+                                    Served::Done => return,
+                                    Served::Fallback(io) => Either::Left(io),
+                                },
+                            };
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            if let Err(e) = watcher.watch(c.into_owned()).await {
                                 tracing::trace!(error = %e, "connection ended with an error");
                             }
                         });
@@ -249,6 +260,7 @@ async fn accept_loop(
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         let builder = builder.clone();
+                        let w = worker.clone();
                         tokio::spawn(async move {
                             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
@@ -268,8 +280,15 @@ async fn accept_loop(
                                 _ => protocol,
                             };
                             let builder = for_protocol(&builder, negotiated);
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                            if let Err(e) = watcher.watch(c).await {
+                            let stream = match negotiated {
+                                ListenerProtocol::Http2 => Either::Right(stream),
+                                p => match fast::serve(w, conn, stream, shutdown_rx, p == ListenerProtocol::Auto).await {
+                                    Served::Done => return,
+                                    Served::Fallback(io) => Either::Left(io),
+                                },
+                            };
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            if let Err(e) = watcher.watch(c.into_owned()).await {
                                 tracing::trace!(error = %e, "connection ended with an error");
                             }
                         });

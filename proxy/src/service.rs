@@ -55,7 +55,7 @@ impl Worker {
 
     /// A per-request RNG, derived from the process seed, the worker and a request counter:
     /// reproducible for a given seed and request order, and never shared between threads.
-    fn rng(&self) -> SmallRng {
+    pub(crate) fn rng(&self) -> SmallRng {
         let n = self.requests.fetch_add(1, Relaxed);
         SmallRng::seed_from_u64(mix64(
             self.shared.seed ^ mix64(((self.id as u64) << 48) ^ n),

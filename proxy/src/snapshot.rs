@@ -12,6 +12,7 @@ use crate::config::{Config, HashOn, RouteConfig};
 use crate::endpoint::EndpointState;
 use crate::routing;
 use crate::telemetry::{ScopeStats, StatsRegistry};
+use http::header::HeaderName;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Uri};
 use std::collections::{HashMap, HashSet};
@@ -66,13 +67,22 @@ pub struct RouteRuntime {
 impl RouteRuntime {
     /// The affinity key hash of a request, if the cluster hashes and the key is present.
     pub fn key_hash(&self, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+        self.key_hash_with(|n| headers.get(n).map(|v| v.as_bytes()), client)
+    }
+
+    /// [`Self::key_hash`] with the first value of a header looked up by `header`.
+    pub fn key_hash_with<'a>(
+        &self,
+        header: impl FnOnce(&HeaderName) -> Option<&'a [u8]>,
+        client: IpAddr,
+    ) -> Option<u64> {
         match &self.hash_on {
             None => None,
             Some(HashOn::ClientIp) => Some(match client {
                 IpAddr::V4(a) => hash64(&a.octets(), 0),
                 IpAddr::V6(a) => hash64(&a.octets(), 0),
             }),
-            Some(HashOn::Header(n)) => headers.get(n).map(|v| hash64(v.as_bytes(), 0)),
+            Some(HashOn::Header(n)) => header(n).map(|v| hash64(v, 0)),
         }
     }
 
@@ -117,9 +127,17 @@ impl Snapshot {
 
     /// Index of the first route matching the request.
     pub fn route_for(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        self.route_for_view(&routing::HttpRequest {
+            method,
+            uri,
+            headers,
+        })
+    }
+
+    pub fn route_for_view(&self, r: &impl routing::RequestView) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| routing::matches(&r.cfg.matcher, method, uri, headers))
+            .position(|rt| routing::matches_view(&rt.cfg.matcher, r))
     }
 
     pub fn policy_version(&self) -> u64 {

@@ -1,0 +1,882 @@
+//! The HTTP/1.1 fast path: plain requests forwarded byte for byte, without building `http`
+//! types, in the connection's own task.
+//!
+//! Why: on one core, hyper's server and the `HeaderMap`s on both sides cost about twice what
+//! nginx spends per request in user space (docs/benchmarks.md). Most API traffic is the
+//! simple case — an HTTP/1.1 request with no body or a `Content-Length` body, to an HTTP/1.1
+//! upstream — and that case is handled here: parse with httparse, route on the raw fields,
+//! write the upstream head straight from the client's bytes (minus hop-by-hop fields, plus
+//! forwarding headers, request id and trace context, exactly as [`crate::service`] does),
+//! then copy the response back the same way.
+//!
+//! Anything else — HTTP/2 preface, HTTP/1.0, chunked or `Expect` uploads, upgrades, CONNECT,
+//! fields named by `Connection`, oversized or malformed heads, routes to HTTP/2 upstreams,
+//! and requests no route takes — hands the whole connection, with the bytes already read, to
+//! the hyper pipeline, which owns every error answer for those. A connection never goes back
+//! from hyper to the fast path. Both paths record the same telemetry through [`Guard`].
+
+use crate::balance::PickInput;
+use crate::body::{Guard, ScopeRef};
+use crate::client::SendError;
+use crate::error::ProxyError;
+use crate::h1::{self, Decode, H1Error, RawHead, Step};
+use crate::headers;
+use crate::routing::{self, RequestView};
+use crate::service::{ConnInfo, Worker};
+use crate::snapshot::Snapshot;
+use crate::telemetry::Outcome;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HeaderName;
+use http::HeaderValue;
+use rand::Rng;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tracing::Instrument;
+use vivremotion_protocol::Nanos;
+
+/// Most request fields the fast path takes; more go to hyper (which allows 100).
+const MAX_FIELDS: usize = 64;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a connection left the fast path.
+pub enum Served<IO> {
+    /// Closed (client gone, error, shutdown, or `Connection: close`).
+    Done,
+    /// Serve the rest with hyper; the bytes read so far come first.
+    Fallback(Prefixed<IO>),
+}
+
+/// An IO that replays bytes already read before reading more.
+pub struct Prefixed<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A parsed request head, borrowing the read buffer.
+struct RawRequest<'a> {
+    method: &'a str,
+    target: &'a str,
+    path: &'a str,
+    host_field: &'a str,
+    host: &'a str,
+    fields: &'a [httparse::Header<'a>],
+}
+
+impl RequestView for RawRequest<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn host(&self) -> &str {
+        self.host
+    }
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|f| f.value)
+    }
+}
+
+impl RawRequest<'_> {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+}
+
+/// Fields never copied from the client to the upstream: hop-by-hop (RFC 9110 §7.6.1), and
+/// the ones the proxy writes itself (framing included).
+fn skip_request_field(name: &str) -> bool {
+    const SKIP: [&str; 15] = [
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "x-request-id",
+        "traceparent",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "forwarded",
+    ];
+    SKIP.iter()
+        .any(|s| s.len() == name.len() && s.eq_ignore_ascii_case(name))
+}
+
+/// Fields never copied from the upstream's response to the client.
+fn skip_response_field(name: &[u8]) -> bool {
+    const SKIP: [&str; 11] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "x-request-id",
+        "content-length",
+    ];
+    SKIP.iter()
+        .any(|s| s.len() == name.len() && s.as_bytes().eq_ignore_ascii_case(name))
+}
+
+fn in_ops(name: &[u8], ops: &crate::config::HeaderOps) -> bool {
+    ops.remove
+        .iter()
+        .chain(ops.set.iter().map(|(n, _)| n))
+        .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_ops(out: &mut Vec<u8>, ops: &crate::config::HeaderOps) {
+    for (n, v) in ops.set.iter().chain(ops.add.iter()) {
+        put_field(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+}
+
+/// Everything decided about a request before any IO.
+struct Plan {
+    snap: Arc<Snapshot>,
+    route: usize,
+    endpoint: usize,
+    rid: HeaderValue,
+    body_len: u64,
+    client_close: bool,
+    head_req: bool,
+    idempotent: bool,
+    t0: Nanos,
+    /// The head to send upstream.
+    head: Vec<u8>,
+}
+
+enum Parsed {
+    /// Head complete and taken by the fast path: its length, and the plan.
+    Go(usize, Box<Plan>),
+    /// Need more bytes.
+    More,
+    /// Not for the fast path: hand the connection to hyper.
+    Fallback,
+}
+
+/// Serve an HTTP/1 connection. `sniff_h2`: the listener also speaks cleartext HTTP/2, so a
+/// connection that opens with the h2 preface goes to hyper.
+pub async fn serve<IO>(
+    w: Arc<Worker>,
+    conn: ConnInfo,
+    mut io: IO,
+    mut shutdown: watch::Receiver<bool>,
+    sniff_h2: bool,
+) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(8 * 1024);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut first = true;
+    loop {
+        let cfg = w.shared.config();
+        let max_head = cfg.proxy.max_header_bytes;
+        let deadline = tokio::time::Instant::now() + cfg.proxy.header_read_timeout;
+        drop(cfg);
+        let (head_len, plan) = loop {
+            if rbuf.is_empty() && *shutdown.borrow() {
+                return Served::Done;
+            }
+            if !rbuf.is_empty() {
+                if first && sniff_h2 {
+                    let n = rbuf.len().min(H2_PREFACE.len());
+                    if rbuf[..n] == H2_PREFACE[..n] {
+                        if n == H2_PREFACE.len() {
+                            return fallback(rbuf, io);
+                        }
+                        // Could still be the preface: wait for more.
+                    } else {
+                        first = false;
+                    }
+                }
+                if !(first && sniff_h2) {
+                    match plan(&w, conn, &rbuf, max_head) {
+                        Parsed::Go(n, p) => break (n, p),
+                        Parsed::More => {}
+                        Parsed::Fallback => return fallback(rbuf, io),
+                    }
+                }
+            }
+            rbuf.reserve(4096);
+            let idle = rbuf.is_empty();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed(), if idle => return Served::Done,
+                _ = tokio::time::sleep_until(deadline) => return Served::Done,
+                r = h1::read_into(&mut io, &mut rbuf) => match r {
+                    Ok(0) | Err(_) => return Served::Done,
+                    Ok(_) => {}
+                },
+            }
+        };
+        first = false;
+        rbuf.advance(head_len);
+        // An IO error on either side ends the connection.
+        let keep: bool = forward(&w, plan, &mut io, &mut rbuf, &mut wbuf, &shutdown)
+            .await
+            .unwrap_or_default();
+        if !keep {
+            let _ = io.shutdown().await;
+            return Served::Done;
+        }
+    }
+}
+
+fn fallback<IO>(rbuf: BytesMut, io: IO) -> Served<IO> {
+    Served::Fallback(Prefixed {
+        prefix: rbuf.freeze(),
+        io,
+    })
+}
+
+/// Parse the head at the front of `buf` and decide everything about the request.
+fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::More,
+        _ => return Parsed::Fallback,
+    };
+    if n > max_head || req.version != Some(1) {
+        return Parsed::Fallback;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Fallback;
+    };
+    // Origin form only; absolute form and `*` are rare enough for hyper.
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Fallback;
+    }
+    let fields: &[httparse::Header] = req.headers;
+    let mut host_field = None;
+    let mut body_len = 0u64;
+    let mut client_close = false;
+    for f in fields {
+        let name = f.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host_field.is_some() {
+                return Parsed::Fallback;
+            }
+            host_field = std::str::from_utf8(f.value).ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match h1::parse_decimal(f.value) {
+                Some(n) if body_len == 0 || body_len == n => body_len = n,
+                _ => return Parsed::Fallback,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            // Only the two tokens that name no other field.
+            for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    client_close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    return Parsed::Fallback;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("te")
+        {
+            return Parsed::Fallback;
+        }
+    }
+    let Some(host_field) = host_field else {
+        return Parsed::Fallback;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let raw = RawRequest {
+        method,
+        target,
+        path,
+        host_field,
+        host: routing::strip_port(host_field),
+        fields,
+    };
+
+    let shared = &w.shared;
+    let t0 = shared.clock.now();
+    let snap = shared.snapshot.load_full();
+    let Some(ri) = snap.route_for_view(&raw) else {
+        return Parsed::Fallback;
+    };
+    let route = &snap.routes[ri];
+    if body_len > route.cfg.max_body_bytes || !route.clients.speaks_h1_only() {
+        return Parsed::Fallback;
+    }
+    let mut rng = w.rng();
+    let input = PickInput {
+        now: t0,
+        worker: w.id,
+        key_hash: route.key_hash_with(|n| raw.first(n.as_str()), conn.client.ip()),
+    };
+    let Some(ei) = route.pick(&input, &mut rng) else {
+        return Parsed::Fallback;
+    };
+    let rid = match raw
+        .first("x-request-id")
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+    {
+        Some(v) if headers::valid_request_id(&v) => v,
+        _ => headers::new_request_id(rng.random()),
+    };
+    let idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    let head_req = method == "HEAD";
+    let plan = Plan {
+        snap: snap.clone(),
+        route: ri,
+        endpoint: ei,
+        rid,
+        body_len,
+        client_close,
+        head_req,
+        idempotent,
+        t0,
+        head: Vec::new(),
+    };
+    let mut plan = Box::new(plan);
+    let mut out = Vec::with_capacity(n + 256);
+    encode_upstream_head(&raw, &plan, conn, &mut out, &mut rng);
+    plan.head = out;
+    Parsed::Go(n, plan)
+}
+
+/// The request head as the upstream gets it: the same rules as `service::handle` applies to
+/// `http` types (hop-by-hop removal, forwarding headers, request id, trace context, rewrites).
+fn encode_upstream_head(
+    raw: &RawRequest<'_>,
+    plan: &Plan,
+    conn: ConnInfo,
+    out: &mut Vec<u8>,
+    rng: &mut impl Rng,
+) {
+    let route = &plan.snap.routes[plan.route];
+    let ops = &route.cfg.request_headers;
+    out.extend_from_slice(raw.method.as_bytes());
+    out.push(b' ');
+    match (&route.cfg.rewrite.path_prefix, &route.cfg.matcher.path) {
+        (Some(new), Some(crate::config::PathMatch::Prefix(old))) => {
+            out.extend_from_slice(routing::rewrite_prefix(raw.target, old, new).as_bytes())
+        }
+        _ => out.extend_from_slice(raw.target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let rewrite_host = route.cfg.rewrite.host.as_ref();
+    for f in raw.fields {
+        if skip_request_field(f.name)
+            || in_ops(f.name.as_bytes(), ops)
+            || (rewrite_host.is_some() && f.name.eq_ignore_ascii_case("host"))
+        {
+            continue;
+        }
+        put_field(out, f.name.as_bytes(), f.value);
+    }
+    if let Some(h) = rewrite_host {
+        put_field(out, b"host", h.as_bytes());
+    }
+    // Forwarding headers, as headers::add_forwarding writes them.
+    let ip = conn.client.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = raw
+        .first("x-forwarded-for")
+        .filter(|p| !p.trim_ascii().is_empty())
+    {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    use std::io::Write as _;
+    let _ = write!(out, "{ip}\r\nx-forwarded-proto: {proto}\r\nforwarded: ");
+    if let Some(prev) = raw
+        .first("forwarded")
+        .filter(|p| !p.trim_ascii().is_empty())
+    {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    let _ = match ip {
+        std::net::IpAddr::V4(_) => write!(out, "for={ip};proto={proto}"),
+        std::net::IpAddr::V6(_) => write!(out, "for=\"[{ip}]\";proto={proto}"),
+    };
+    let host = raw.host_field;
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        let _ = write!(out, ";host=\"{host}\"");
+    }
+    out.extend_from_slice(b"\r\n");
+    put_field(out, b"x-request-id", plan.rid.as_bytes());
+    let incoming = raw
+        .first("traceparent")
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    let (tp, _) = headers::next_traceparent(incoming.as_ref(), rng.random(), rng.random());
+    put_field(out, b"traceparent", tp.as_bytes());
+    put_ops(out, ops);
+    if plan.body_len > 0 {
+        let _ = write!(out, "content-length: {}\r\n", plan.body_len);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn outcome() -> Outcome {
+    Outcome {
+        status: 0,
+        upstream_status: None,
+        failure: None,
+        latency_us: 0.0,
+        bytes_in: 0,
+        bytes_out: 0,
+    }
+}
+
+/// Forward one request and its response. Returns whether the client connection stays open.
+async fn forward<IO>(
+    w: &Worker,
+    mut plan: Box<Plan>,
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+    wbuf: &mut Vec<u8>,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<bool>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let shared = &w.shared;
+    let snap = plan.snap.clone();
+    let route = &snap.routes[plan.route];
+    let endpoint = &route.endpoints[plan.endpoint];
+    let scope = ScopeRef::Endpoint {
+        route: plan.route as u32,
+        endpoint: plan.endpoint as u32,
+    };
+    let mut guard = Guard::start(snap.clone(), scope, w.id, outcome());
+    let head = std::mem::take(&mut plan.head);
+    let timeout = route.cfg.timeout;
+    let span = tracing::debug_span!(
+        "request",
+        request_id = ?plan.rid,
+        route = %route.cfg.name,
+        upstream = %endpoint.address,
+    );
+    let exchange = exchange(w, &plan, head, io, rbuf);
+    let result = tokio::time::timeout(timeout, exchange)
+        .instrument(span)
+        .await;
+    let now = shared.clock.now();
+    let latency = now.saturating_since(plan.t0);
+    let latency_us = latency.as_nanos() as f64 / 1e3;
+    guard.outcome.latency_us = latency_us;
+    guard.outcome.bytes_in = plan.body_len;
+
+    let (mut up, raw, body_read) = match result {
+        Ok(Ok(x)) => x,
+        Ok(Err((e, body_read))) => {
+            let err = match e {
+                Failure::Connect(detail) => ProxyError::UpstreamConnect {
+                    endpoint: endpoint.address.clone(),
+                    detail,
+                },
+                Failure::Client(e) => {
+                    // The client went away or broke its own request: nothing to answer.
+                    guard.outcome.status = 499;
+                    return Err(e);
+                }
+                Failure::Upstream(e) => ProxyError::UpstreamReset {
+                    endpoint: endpoint.address.clone(),
+                    detail: e.to_string(),
+                },
+            };
+            endpoint.observe_rtt(timeout, now);
+            endpoint.record_failure(shared.clock.unix_ms());
+            let keep = body_read && !plan.client_close;
+            write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
+            return Ok(keep);
+        }
+        Err(_elapsed) => {
+            endpoint.observe_rtt(timeout, now);
+            endpoint.record_failure(shared.clock.unix_ms());
+            let err = ProxyError::UpstreamTimeout {
+                endpoint: endpoint.address.clone(),
+                timeout,
+            };
+            // The request body may be half read: the connection cannot be trusted further.
+            write_error(io, wbuf, &err, &plan.rid, guard, latency_us, false).await?;
+            return Ok(false);
+        }
+    };
+
+    endpoint.observe_rtt(latency, now);
+    let status = raw.status;
+    if matches!(status, 502..=504) {
+        endpoint.record_failure(shared.clock.unix_ms());
+    } else {
+        endpoint.record_success();
+    }
+    guard.outcome.status = status;
+    guard.outcome.upstream_status = Some(status);
+
+    let te_last = raw.values("transfer-encoding").next_back();
+    let mut decode =
+        match h1::framing_raw(plan.head_req, status, te_last, raw.values("content-length")) {
+            Ok(d) => d,
+            Err(e) => {
+                endpoint.record_failure(shared.clock.unix_ms());
+                let err = ProxyError::UpstreamReset {
+                    endpoint: endpoint.address.clone(),
+                    detail: e.to_string(),
+                };
+                guard.outcome.upstream_status = None;
+                write_error(
+                    io,
+                    wbuf,
+                    &err,
+                    &plan.rid,
+                    guard,
+                    latency_us,
+                    !plan.client_close,
+                )
+                .await?;
+                return Ok(!plan.client_close);
+            }
+        };
+    let upstream_keep =
+        h1::keep_alive_raw(raw.http11, raw.values("connection")) && decode != Decode::Eof;
+    let bodiless = plan.head_req || status == 204 || status == 304 || status < 200;
+    let close = plan.client_close || *shutdown.borrow();
+
+    // Response head.
+    wbuf.clear();
+    wbuf.extend_from_slice(b"HTTP/1.1 ");
+    {
+        use std::io::Write as _;
+        let _ = write!(wbuf, "{status} ");
+    }
+    wbuf.extend_from_slice(&raw.bytes[raw.reason.0..raw.reason.1]);
+    wbuf.extend_from_slice(b"\r\n");
+    let ops = &route.cfg.response_headers;
+    let named = connection_named(&raw);
+    for f in &raw.fields {
+        let name = raw.name(f);
+        let keep_len = bodiless && name.eq_ignore_ascii_case(b"content-length");
+        if (!keep_len && skip_response_field(name))
+            || in_ops(name, ops)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        put_field(wbuf, name, raw.value(f));
+    }
+    put_field(wbuf, b"x-request-id", plan.rid.as_bytes());
+    put_ops(wbuf, ops);
+    let chunked = match decode {
+        Decode::Length(n) if !bodiless => {
+            use std::io::Write as _;
+            let _ = write!(wbuf, "content-length: {n}\r\n");
+            false
+        }
+        Decode::Length(_) => false,
+        Decode::Chunked(_) | Decode::Eof => {
+            wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    if close {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    wbuf.extend_from_slice(b"\r\n");
+
+    // Body: gather what is already here with the head, then stream the rest.
+    let mut bytes_out = 0u64;
+    let result = copy_body(&mut up, &mut decode, chunked, io, wbuf, &mut bytes_out).await;
+    guard.outcome.bytes_out = bytes_out;
+    match result {
+        Ok(()) => {}
+        Err(Failure::Upstream(e)) => {
+            guard.outcome.failure = Some(crate::error::UpstreamFailure::Reset);
+            tracing::debug!(error = %e, "upstream failed in the middle of a response body");
+            return Ok(false);
+        }
+        Err(Failure::Client(e)) => return Err(e),
+        Err(Failure::Connect(_)) => return Ok(false),
+    }
+    if upstream_keep && up.buf.is_empty() {
+        route
+            .clients
+            .put_back(w.id, endpoint.id, up, shared.clock.now());
+    }
+    drop(guard);
+    Ok(body_read && !close)
+}
+
+/// Fields the upstream's `Connection` names: hop-by-hop too.
+fn connection_named(raw: &RawHead) -> Vec<&[u8]> {
+    let mut v = Vec::new();
+    for c in raw.values("connection") {
+        for t in c.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+            {
+                v.push(t);
+            }
+        }
+    }
+    v
+}
+
+enum Failure {
+    /// No connection to the upstream.
+    Connect(String),
+    /// The upstream broke the exchange.
+    Upstream(H1Error),
+    /// The client broke it (closed, reset, short body).
+    Client(io::Error),
+}
+
+/// Send the head and body upstream and read the response head. On failure, also says whether
+/// the request body was read completely from the client.
+async fn exchange<IO>(
+    w: &Worker,
+    plan: &Plan,
+    head: Vec<u8>,
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+) -> Result<(h1::Conn, RawHead, bool), (Failure, bool)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let route = &plan.snap.routes[plan.route];
+    let endpoint = &route.endpoints[plan.endpoint];
+    let authority = &route.authorities[plan.endpoint];
+    let mut out = head;
+    // The body bytes already read come along with the head.
+    let first = (rbuf.len() as u64).min(plan.body_len) as usize;
+    out.extend_from_slice(&rbuf[..first]);
+    rbuf.advance(first);
+    let mut remaining = plan.body_len - first as u64;
+    let mut fresh = false;
+    loop {
+        let (mut up, pooled) = route
+            .clients
+            .checkout_h1(w.id, endpoint.id, authority, plan.t0, fresh)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(d) => (Failure::Connect(d), remaining == 0),
+                SendError::Request(e) => (Failure::Connect(e.to_string()), remaining == 0),
+            })?;
+        if let Err(e) = up.io.write_all(&out).await {
+            // A pooled connection that died idle fails here; nothing reached anyone.
+            if pooled {
+                fresh = true;
+                continue;
+            }
+            return Err((Failure::Upstream(H1Error::Write(e)), remaining == 0));
+        }
+        // Stream the rest of the body from the client.
+        while remaining > 0 {
+            if rbuf.is_empty() {
+                rbuf.reserve(16 * 1024);
+                match h1::read_into(io, rbuf).await {
+                    Ok(0) => {
+                        let e =
+                            io::Error::new(io::ErrorKind::UnexpectedEof, "client body cut short");
+                        return Err((Failure::Client(e), false));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err((Failure::Client(e), false)),
+                }
+            }
+            let k = (rbuf.len() as u64).min(remaining) as usize;
+            let chunk = rbuf.split_to(k);
+            remaining -= k as u64;
+            if let Err(e) = up.io.write_all(&chunk).await {
+                return Err((Failure::Upstream(H1Error::Write(e)), remaining == 0));
+            }
+        }
+        match up.read_raw_head().await {
+            Ok(head) => return Ok((up, head, true)),
+            // The keep-alive race: the pooled connection closed as the request went out.
+            Err(H1Error::ClosedBeforeResponse)
+                if pooled && plan.idempotent && plan.body_len == 0 =>
+            {
+                fresh = true;
+            }
+            Err(e) => return Err((Failure::Upstream(e), true)),
+        }
+    }
+}
+
+/// Copy the response body to the client, re-chunking when the length is not known. `wbuf`
+/// holds the response head on entry and is written with the first piece of body.
+async fn copy_body<IO>(
+    up: &mut h1::Conn,
+    decode: &mut Decode,
+    chunked: bool,
+    io: &mut IO,
+    wbuf: &mut Vec<u8>,
+    bytes_out: &mut u64,
+) -> Result<(), Failure>
+where
+    IO: AsyncWrite + Unpin,
+{
+    loop {
+        match h1::decode_step(decode, &mut up.buf).map_err(Failure::Upstream)? {
+            Step::Data(d) => {
+                *bytes_out += d.len() as u64;
+                if chunked {
+                    use std::io::Write as _;
+                    let _ = write!(wbuf, "{:x}\r\n", d.len());
+                    wbuf.extend_from_slice(&d);
+                    wbuf.extend_from_slice(b"\r\n");
+                } else {
+                    wbuf.extend_from_slice(&d);
+                }
+            }
+            Step::Trailers(t) => {
+                wbuf.extend_from_slice(b"0\r\n");
+                for (n, v) in t.iter() {
+                    put_field(wbuf, n.as_str().as_bytes(), v.as_bytes());
+                }
+                wbuf.extend_from_slice(b"\r\n");
+                return io.write_all(wbuf).await.map_err(Failure::Client);
+            }
+            Step::End => {
+                if chunked {
+                    wbuf.extend_from_slice(b"0\r\n\r\n");
+                }
+                return io.write_all(wbuf).await.map_err(Failure::Client);
+            }
+            Step::NeedMore => {
+                // Send what we have before waiting on the upstream (SSE must not be held).
+                if !wbuf.is_empty() {
+                    io.write_all(wbuf).await.map_err(Failure::Client)?;
+                    wbuf.clear();
+                }
+                up.buf.reserve(h1::READ_BODY_CHUNK);
+                let n = h1::read_into(&mut up.io, &mut up.buf)
+                    .await
+                    .map_err(|e| Failure::Upstream(H1Error::Read(e)))?;
+                if n == 0 {
+                    if *decode == Decode::Eof {
+                        *decode = Decode::Length(0);
+                        up.buf.clear();
+                        // The connection ended the body: it cannot be reused.
+                        continue;
+                    }
+                    return Err(Failure::Upstream(H1Error::ClosedInBody));
+                }
+            }
+        }
+    }
+}
+
+/// Answer with a JSON error, recorded through `guard`.
+async fn write_error<IO>(
+    io: &mut IO,
+    wbuf: &mut Vec<u8>,
+    err: &ProxyError,
+    rid: &HeaderValue,
+    mut guard: Guard,
+    latency_us: f64,
+    keep: bool,
+) -> io::Result<()>
+where
+    IO: AsyncWrite + Unpin,
+{
+    use std::io::Write as _;
+    let status = err.status();
+    guard.outcome.status = status.as_u16();
+    guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
+    guard.outcome.latency_us = latency_us;
+    tracing::debug!(status = status.as_u16(), error = %err, request_id = ?rid, "request failed");
+    let body = err.json_body(rid.to_str().ok());
+    guard.outcome.bytes_out = body.len() as u64;
+    wbuf.clear();
+    let _ = write!(
+        wbuf,
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    put_field(wbuf, b"x-request-id", rid.as_bytes());
+    if !keep {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    wbuf.extend_from_slice(b"\r\n");
+    wbuf.extend_from_slice(&body);
+    drop(guard);
+    io.write_all(wbuf).await
+}
