@@ -133,47 +133,41 @@ impl RawRequest<'_> {
     }
 }
 
-/// Fields never copied from the client to the upstream: hop-by-hop (RFC 9110 §7.6.1), and
-/// the ones the proxy writes itself (framing included).
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that never cross the proxy in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn listed(list: &[&str], name: &[u8]) -> bool {
+    list.iter()
+        .any(|s| s.len() == name.len() && s.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Fields never copied from the client to the upstream: hop-by-hop, and the ones the proxy
+/// writes itself (framing included).
 fn skip_request_field(name: &str) -> bool {
-    const SKIP: [&str; 15] = [
+    const OURS: [&str; 6] = [
         "content-length",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
         "x-request-id",
         "traceparent",
         "x-forwarded-for",
         "x-forwarded-proto",
         "forwarded",
     ];
-    SKIP.iter()
-        .any(|s| s.len() == name.len() && s.eq_ignore_ascii_case(name))
+    listed(&HOP_BY_HOP, name.as_bytes()) || listed(&OURS, name.as_bytes())
 }
 
 /// Fields never copied from the upstream's response to the client.
 fn skip_response_field(name: &[u8]) -> bool {
-    const SKIP: [&str; 11] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "x-request-id",
-        "content-length",
-    ];
-    SKIP.iter()
-        .any(|s| s.len() == name.len() && s.as_bytes().eq_ignore_ascii_case(name))
+    listed(&HOP_BY_HOP, name) || listed(&["x-request-id", "content-length"], name)
 }
 
 fn in_ops(name: &[u8], ops: &crate::config::HeaderOps) -> bool {

@@ -201,6 +201,42 @@ fn for_protocol(
     }
 }
 
+/// HTTP/1 connections start on the fast path; HTTP/2, and whatever the fast path declines,
+/// go to hyper.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<IO, S>(
+    stream: IO,
+    protocol: ListenerProtocol,
+    w: Arc<Worker>,
+    conn: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+    builder: auto::Builder<TokioExecutor>,
+    svc: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::ResponseBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let stream = match protocol {
+        ListenerProtocol::Http2 => Either::Right(stream),
+        p => match fast::serve(w, conn, stream, shutdown, p == ListenerProtocol::Auto).await {
+            Served::Done => return,
+            Served::Fallback(io) => Either::Left(io),
+        },
+    };
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(c.into_owned()).await {
+        tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<TlsAcceptor>,
@@ -243,19 +279,7 @@ async fn accept_loop(
                     None => {
                         let builder = for_protocol(&builder, protocol);
                         let w = worker.clone();
-                        tokio::spawn(async move {
-                            let stream = match protocol {
-                                ListenerProtocol::Http2 => Either::Right(stream),
-                                p => match fast::serve(w, conn, stream, shutdown_rx, p == ListenerProtocol::Auto).await {
-                                    Served::Done => return,
-                                    Served::Fallback(io) => Either::Left(io),
-                                },
-                            };
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            if let Err(e) = watcher.watch(c.into_owned()).await {
-                                tracing::trace!(error = %e, "connection ended with an error");
-                            }
-                        });
+                        tokio::spawn(serve_connection(stream, protocol, w, conn, shutdown_rx, builder, svc, watcher));
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
@@ -280,17 +304,7 @@ async fn accept_loop(
                                 _ => protocol,
                             };
                             let builder = for_protocol(&builder, negotiated);
-                            let stream = match negotiated {
-                                ListenerProtocol::Http2 => Either::Right(stream),
-                                p => match fast::serve(w, conn, stream, shutdown_rx, p == ListenerProtocol::Auto).await {
-                                    Served::Done => return,
-                                    Served::Fallback(io) => Either::Left(io),
-                                },
-                            };
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            if let Err(e) = watcher.watch(c.into_owned()).await {
-                                tracing::trace!(error = %e, "connection ended with an error");
-                            }
+                            serve_connection(stream, negotiated, w, conn, shutdown_rx, builder, svc, watcher).await;
                         });
                     }
                 }
