@@ -103,6 +103,25 @@ impl EndpointState {
         }
     }
 
+    /// The upstream answered with `status` after `rtt`: feed the latency estimate, and count
+    /// gateway errors (502–504) as failures.
+    pub fn record_answer(&self, status: u16, rtt: Duration, now: Nanos, unix_ms: u64) {
+        self.observe_rtt(rtt, now);
+        if matches!(status, 502..=504) {
+            self.record_failure(unix_ms);
+        } else {
+            self.record_success();
+        }
+    }
+
+    /// The exchange failed (refused, reset, timed out). A failing endpoint answers fast;
+    /// without a penalty, latency-aware balancing would pour traffic into it, so the failure
+    /// counts as slow as the route's `timeout`.
+    pub fn record_error(&self, timeout: Duration, now: Nanos, unix_ms: u64) {
+        self.observe_rtt(timeout, now);
+        self.record_failure(unix_ms);
+    }
+
     pub fn record_success(&self) {
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);

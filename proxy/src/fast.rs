@@ -230,10 +230,16 @@ where
     let mut wbuf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut first = true;
     loop {
-        let cfg = w.shared.config();
-        let max_head = cfg.proxy.max_header_bytes;
-        let deadline = tokio::time::Instant::now() + cfg.proxy.header_read_timeout;
-        drop(cfg);
+        // Limits for reading this head; the request itself runs on the snapshot current when
+        // its head is complete (`plan`).
+        let (max_head, deadline) = {
+            let snap = w.shared.snapshot.load();
+            let p = &snap.config.proxy;
+            (
+                p.max_header_bytes,
+                tokio::time::Instant::now() + p.header_read_timeout,
+            )
+        };
         let (head_len, plan) = loop {
             if rbuf.is_empty() && *shutdown.borrow() {
                 return Served::Done;
@@ -387,7 +393,7 @@ fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
     );
     let head_req = method == "HEAD";
     let plan = Plan {
-        snap: snap.clone(),
+        snap,
         route: ri,
         endpoint: ei,
         rid,
@@ -438,7 +444,7 @@ fn encode_upstream_head(
     if let Some(h) = rewrite_host {
         put_field(out, b"host", h.as_bytes());
     }
-    // Forwarding headers, as headers::add_forwarding writes them.
+    // Forwarding headers, as headers::add_forwarding writes them (appending to the first value).
     let ip = conn.client.ip();
     let proto = if conn.tls { "https" } else { "http" };
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -458,18 +464,7 @@ fn encode_upstream_head(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    let _ = match ip {
-        std::net::IpAddr::V4(_) => write!(out, "for={ip};proto={proto}"),
-        std::net::IpAddr::V6(_) => write!(out, "for=\"[{ip}]\";proto={proto}"),
-    };
-    let host = raw.host_field;
-    if !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        let _ = write!(out, ";host=\"{host}\"");
-    }
+    headers::write_forwarded_element(out, ip, conn.tls, raw.host_field);
     out.extend_from_slice(b"\r\n");
     put_field(out, b"x-request-id", plan.rid.as_bytes());
     let incoming = raw
@@ -508,15 +503,15 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let shared = &w.shared;
-    let snap = plan.snap.clone();
-    let route = &snap.routes[plan.route];
+    let head = std::mem::take(&mut plan.head);
+    let plan = &*plan;
+    let route = &plan.snap.routes[plan.route];
     let endpoint = &route.endpoints[plan.endpoint];
     let scope = ScopeRef::Endpoint {
         route: plan.route as u32,
         endpoint: plan.endpoint as u32,
     };
-    let mut guard = Guard::start(snap.clone(), scope, w.id, outcome());
-    let head = std::mem::take(&mut plan.head);
+    let mut guard = Guard::start(plan.snap.clone(), scope, w.id, outcome());
     let timeout = route.cfg.timeout;
     let span = tracing::debug_span!(
         "request",
@@ -524,7 +519,7 @@ where
         route = %route.cfg.name,
         upstream = %endpoint.address,
     );
-    let exchange = exchange(w, &plan, head, io, rbuf);
+    let exchange = exchange(w, plan, head, io, rbuf);
     let result = tokio::time::timeout(timeout, exchange)
         .instrument(span)
         .await;
@@ -552,15 +547,13 @@ where
                     detail: e.to_string(),
                 },
             };
-            endpoint.observe_rtt(timeout, now);
-            endpoint.record_failure(shared.clock.unix_ms());
+            endpoint.record_error(timeout, now, shared.clock.unix_ms());
             let keep = body_read && !plan.client_close;
             write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
             return Ok(keep);
         }
         Err(_elapsed) => {
-            endpoint.observe_rtt(timeout, now);
-            endpoint.record_failure(shared.clock.unix_ms());
+            endpoint.record_error(timeout, now, shared.clock.unix_ms());
             let err = ProxyError::UpstreamTimeout {
                 endpoint: endpoint.address.clone(),
                 timeout,
@@ -571,13 +564,8 @@ where
         }
     };
 
-    endpoint.observe_rtt(latency, now);
     let status = raw.status;
-    if matches!(status, 502..=504) {
-        endpoint.record_failure(shared.clock.unix_ms());
-    } else {
-        endpoint.record_success();
-    }
+    endpoint.record_answer(status, latency, now, shared.clock.unix_ms());
     guard.outcome.status = status;
     guard.outcome.upstream_status = Some(status);
 

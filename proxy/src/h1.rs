@@ -305,7 +305,7 @@ impl Conn {
     /// Read more from the upstream; EOF before a head is [`H1Error::ClosedBeforeResponse`].
     async fn fill(&mut self, want: usize) -> Result<(), H1Error> {
         self.buf.reserve(want);
-        let n = read_some(&mut self.io, &mut self.buf)
+        let n = read_into(&mut self.io, &mut self.buf)
             .await
             .map_err(H1Error::Read)?;
         if n == 0 {
@@ -337,24 +337,12 @@ fn fail(error: H1Error, unsent: Option<Request<RequestBody>>) -> SendFailure {
     SendFailure { error, unsent }
 }
 
-async fn read_some(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    read_into(io, buf).await
-}
-
 /// Read once into the spare capacity of `buf` (reserve first); 0 means EOF.
 pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
     std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
-}
-
-fn poll_read_some(
-    io: &mut Stream,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// Write the request line and headers. Returns whether the body goes chunked.
@@ -749,7 +737,11 @@ impl http_body::Body for Body {
                         _ => READ_BODY,
                     };
                     conn.buf.reserve(want);
-                    let n = match ready!(poll_read_some(&mut conn.io, &mut conn.buf, cx)) {
+                    let n = match ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut conn.io),
+                        cx,
+                        &mut conn.buf
+                    )) {
                         Ok(n) => n,
                         Err(e) => {
                             this.state = State::Done(None);
@@ -1107,8 +1099,9 @@ mod tests {
         }
     }
 
-    /// One request over a real socket to a server that answers with `reply`.
-    async fn exchange(reply: &'static [u8], method: Method) -> (Response<Body>, Vec<u8>) {
+    /// A one-connection upstream on a real socket: reads one request, answers `reply`, closes.
+    /// The handle yields what it read.
+    async fn upstream(reply: &'static [u8]) -> (Conn, tokio::task::JoinHandle<Vec<u8>>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -1121,6 +1114,12 @@ mod tests {
             got
         });
         let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
+        (conn, server)
+    }
+
+    /// One request over a real socket to a server that answers with `reply`.
+    async fn exchange(reply: &'static [u8], method: Method) -> (Response<Body>, Vec<u8>) {
+        let (conn, server) = upstream(reply).await;
         let req = Request::builder()
             .method(method)
             .uri("/x?y=1")
@@ -1191,38 +1190,24 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_silence_are_clear_errors() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut b = [0u8; 1024];
-            let _ = s.read(&mut b).await;
-        });
-        let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
-        let req = Request::new(RequestBody::empty());
-        let f = conn.send(req, true).await.err().unwrap();
+        let (conn, _) = upstream(b"").await;
+        let f = conn
+            .send(Request::new(RequestBody::empty()), true)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(f.error, H1Error::ClosedBeforeResponse));
         assert!(
             f.unsent.is_some(),
             "an idempotent bodiless request on a pooled connection may be retried"
         );
-        let err = async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
-                let mut b = [0u8; 1024];
-                let _ = s.read(&mut b).await;
-                let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await;
-            });
-            let conn = Conn::new(Stream::Tcp(TcpStream::connect(addr).await.unwrap()));
-            conn.send(Request::new(RequestBody::empty()), false)
-                .await
-                .err()
-                .unwrap()
-                .error
-        }
-        .await;
+        let (conn, _) = upstream(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+        let err = conn
+            .send(Request::new(RequestBody::empty()), false)
+            .await
+            .err()
+            .unwrap()
+            .error;
         assert!(matches!(err, H1Error::Invalid(_)), "{err}");
     }
 }

@@ -78,36 +78,40 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: 
     let ip = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        _ => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    // RFC 7239: IPv6 addresses are quoted and bracketed; the host is quoted if it needs it.
-    let for_ = match client {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let mut value = Vec::with_capacity(64);
+    if let Some(prev) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            value.extend_from_slice(prev.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+    }
+    write_forwarded_element(&mut value, client, tls, host);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(&FORWARDED, v);
+    }
+}
+
+/// This hop's RFC 7239 `Forwarded` element: IPv6 addresses quoted and bracketed, the host
+/// (as the client sent it) quoted, and left out if it cannot be.
+pub fn write_forwarded_element(out: &mut Vec<u8>, client: IpAddr, tls: bool, host: &str) {
+    use std::io::Write as _;
+    let proto = if tls { "https" } else { "http" };
+    let _ = match client {
+        IpAddr::V4(_) => write!(out, "for={client};proto={proto}"),
+        IpAddr::V6(_) => write!(out, "for=\"[{client}]\";proto={proto}"),
     };
-    let mut elem = format!("for={for_};proto={proto}");
     if !host.is_empty()
         && host
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     {
-        elem.push_str(";host=\"");
-        elem.push_str(host);
-        elem.push('"');
-    }
-    let value = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {elem}"),
-        _ => elem,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(&FORWARDED, v);
+        let _ = write!(out, ";host=\"{host}\"");
     }
 }
 

@@ -306,15 +306,11 @@ pub async fn handle(
                     detail,
                 },
             };
-            // A failing endpoint answers fast; without a penalty, latency-aware balancing
-            // would pour traffic into it. Count the failure as slow as the route's timeout.
-            endpoint.observe_rtt(timeout, now);
-            endpoint.record_failure(shared.clock.unix_ms());
+            endpoint.record_error(timeout, now, shared.clock.unix_ms());
             return error_response(&err, &rid, guard, latency_us);
         }
         Err(_elapsed) => {
-            endpoint.observe_rtt(timeout, now);
-            endpoint.record_failure(shared.clock.unix_ms());
+            endpoint.record_error(timeout, now, shared.clock.unix_ms());
             let err = ProxyError::UpstreamTimeout {
                 endpoint: endpoint.address.clone(),
                 timeout,
@@ -323,13 +319,8 @@ pub async fn handle(
         }
     };
 
-    endpoint.observe_rtt(latency, now);
     let status = resp.status().as_u16();
-    if matches!(status, 502..=504) {
-        endpoint.record_failure(shared.clock.unix_ms());
-    } else {
-        endpoint.record_success();
-    }
+    endpoint.record_answer(status, latency, now, shared.clock.unix_ms());
     guard.outcome.status = status;
     guard.outcome.upstream_status = Some(status);
     guard.outcome.latency_us = latency_us;
