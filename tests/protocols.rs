@@ -274,3 +274,61 @@ async fn upstream_connections_are_reused() {
     );
     assert_eq!(b.served(), 50);
 }
+
+/// A listener restricted to one HTTP version refuses the other: an `http2` listener never
+/// answers HTTP/1 (h2spec 3.5/2: an invalid preface ends the connection), an `http1` listener
+/// never starts HTTP/2 on a prior-knowledge preface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_protocol_is_enforced() {
+    let b = backend("proto", 0.0).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[proxy]
+workers = 1
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "h2"
+listen = "127.0.0.1:0"
+protocol = "http2"
+[[listeners]]
+name = "h1"
+listen = "127.0.0.1:0"
+protocol = "http1"
+[clusters.backend]
+endpoints = ["{}"]
+[[routes]]
+name = "all"
+cluster = "backend"
+"#,
+        b.addr()
+    ));
+    let (h2, h1) = (proxy.listeners[0].1, proxy.listeners[1].1);
+    let url = |a: std::net::SocketAddr| format!("http://{a}/v");
+
+    // Each listener serves its own version.
+    let (_, v) = upstream_version(&h2c_client(), &url(h2)).await;
+    assert_eq!(v, http::Version::HTTP_2);
+    let (_, v) = upstream_version(&http1_client(), &url(h1)).await;
+    assert_eq!(v, http::Version::HTTP_11);
+
+    // Read whatever the proxy sends until it closes.
+    async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "connection left open after {bytes:?}");
+        got
+    }
+    let got = exchange(h2, b"GET /v HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        !got.starts_with(b"HTTP/1"),
+        "http2 listener answered HTTP/1: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let got = exchange(h2, b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+    assert!(!got.starts_with(b"HTTP/1"));
+    let got = exchange(h1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await;
+    assert!(got.is_empty(), "http1 listener spoke HTTP/2: {got:?}");
+}

@@ -229,6 +229,8 @@ where
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut first = true;
+    // The client's address as forwarding headers spell it, formatted once per connection.
+    let peer = Peer::new(conn);
     loop {
         // Limits for reading this head; the request itself runs on the snapshot current when
         // its head is complete (`plan`).
@@ -240,24 +242,32 @@ where
                 tokio::time::Instant::now() + p.header_read_timeout,
             )
         };
+        // Polled after the read, so a head that is already buffered never touches the timer wheel.
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
         let (head_len, plan) = loop {
             if rbuf.is_empty() && *shutdown.borrow() {
                 return Served::Done;
             }
             if !rbuf.is_empty() {
-                if first && sniff_h2 {
+                if first {
                     let n = rbuf.len().min(H2_PREFACE.len());
                     if rbuf[..n] == H2_PREFACE[..n] {
                         if n == H2_PREFACE.len() {
-                            return fallback(rbuf, io);
+                            // HTTP/2 with prior knowledge; refused where the listener (or
+                            // ALPN) said HTTP/1.1 only.
+                            return match sniff_h2 {
+                                true => fallback(rbuf, io),
+                                false => Served::Done,
+                            };
                         }
                         // Could still be the preface: wait for more.
                     } else {
                         first = false;
                     }
                 }
-                if !(first && sniff_h2) {
-                    match plan(&w, conn, &rbuf, max_head) {
+                if !first {
+                    match plan(&w, &peer, &rbuf, max_head) {
                         Parsed::Go(n, p) => break (n, p),
                         Parsed::More => {}
                         Parsed::Fallback => return fallback(rbuf, io),
@@ -269,11 +279,11 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.changed(), if idle => return Served::Done,
-                _ = tokio::time::sleep_until(deadline) => return Served::Done,
                 r = h1::read_into(&mut io, &mut rbuf) => match r {
                     Ok(0) | Err(_) => return Served::Done,
                     Ok(_) => {}
                 },
+                _ = &mut expiry => return Served::Done,
             }
         };
         first = false;
@@ -297,7 +307,28 @@ fn fallback<IO>(rbuf: BytesMut, io: IO) -> Served<IO> {
 }
 
 /// Parse the head at the front of `buf` and decide everything about the request.
-fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
+/// The connection's client, with the text the forwarding headers carry for it.
+struct Peer {
+    info: ConnInfo,
+    /// `X-Forwarded-For` element.
+    ip: String,
+    /// `Forwarded` element up to (not including) the `host` parameter.
+    forwarded: Vec<u8>,
+}
+
+impl Peer {
+    fn new(info: ConnInfo) -> Peer {
+        let mut forwarded = Vec::with_capacity(64);
+        headers::write_forwarded_for(&mut forwarded, info.client.ip(), info.tls);
+        Peer {
+            info,
+            ip: info.client.ip().to_string(),
+            forwarded,
+        }
+    }
+}
+
+fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let n = match req.parse_with_uninit_headers(buf, &mut slots) {
@@ -375,7 +406,7 @@ fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
     let input = PickInput {
         now: t0,
         worker: w.id,
-        key_hash: route.key_hash_with(|n| raw.first(n.as_str()), conn.client.ip()),
+        key_hash: route.key_hash_with(|n| raw.first(n.as_str()), peer.info.client.ip()),
     };
     let Some(ei) = route.pick(&input, &mut rng) else {
         return Parsed::Fallback;
@@ -406,7 +437,7 @@ fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
     };
     let mut plan = Box::new(plan);
     let mut out = Vec::with_capacity(n + 256);
-    encode_upstream_head(&raw, &plan, conn, &mut out, &mut rng);
+    encode_upstream_head(&raw, &plan, peer, &mut out, &mut rng);
     plan.head = out;
     Parsed::Go(n, plan)
 }
@@ -416,7 +447,7 @@ fn plan(w: &Worker, conn: ConnInfo, buf: &[u8], max_head: usize) -> Parsed {
 fn encode_upstream_head(
     raw: &RawRequest<'_>,
     plan: &Plan,
-    conn: ConnInfo,
+    peer: &Peer,
     out: &mut Vec<u8>,
     rng: &mut impl Rng,
 ) {
@@ -445,8 +476,7 @@ fn encode_upstream_head(
         put_field(out, b"host", h.as_bytes());
     }
     // Forwarding headers, as headers::add_forwarding writes them (appending to the first value).
-    let ip = conn.client.ip();
-    let proto = if conn.tls { "https" } else { "http" };
+    let proto: &[u8] = if peer.info.tls { b"https" } else { b"http" };
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = raw
         .first("x-forwarded-for")
@@ -455,8 +485,10 @@ fn encode_upstream_head(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    use std::io::Write as _;
-    let _ = write!(out, "{ip}\r\nx-forwarded-proto: {proto}\r\nforwarded: ");
+    out.extend_from_slice(peer.ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b"\r\nforwarded: ");
     if let Some(prev) = raw
         .first("forwarded")
         .filter(|p| !p.trim_ascii().is_empty())
@@ -464,7 +496,8 @@ fn encode_upstream_head(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    headers::write_forwarded_element(out, ip, conn.tls, raw.host_field);
+    out.extend_from_slice(&peer.forwarded);
+    headers::write_forwarded_host(out, raw.host_field);
     out.extend_from_slice(b"\r\n");
     put_field(out, b"x-request-id", plan.rid.as_bytes());
     let incoming = raw
@@ -474,7 +507,9 @@ fn encode_upstream_head(
     put_field(out, b"traceparent", tp.as_bytes());
     put_ops(out, ops);
     if plan.body_len > 0 {
-        let _ = write!(out, "content-length: {}\r\n", plan.body_len);
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(plan.body_len).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -601,10 +636,8 @@ where
     // Response head.
     wbuf.clear();
     wbuf.extend_from_slice(b"HTTP/1.1 ");
-    {
-        use std::io::Write as _;
-        let _ = write!(wbuf, "{status} ");
-    }
+    wbuf.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    wbuf.push(b' ');
     wbuf.extend_from_slice(&raw.bytes[raw.reason.0..raw.reason.1]);
     wbuf.extend_from_slice(b"\r\n");
     let ops = &route.cfg.response_headers;
@@ -624,8 +657,9 @@ where
     put_ops(wbuf, ops);
     let chunked = match decode {
         Decode::Length(n) if !bodiless => {
-            use std::io::Write as _;
-            let _ = write!(wbuf, "content-length: {n}\r\n");
+            wbuf.extend_from_slice(b"content-length: ");
+            wbuf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            wbuf.extend_from_slice(b"\r\n");
             false
         }
         Decode::Length(_) => false,

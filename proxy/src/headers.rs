@@ -100,12 +100,23 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: 
 /// This hop's RFC 7239 `Forwarded` element: IPv6 addresses quoted and bracketed, the host
 /// (as the client sent it) quoted, and left out if it cannot be.
 pub fn write_forwarded_element(out: &mut Vec<u8>, client: IpAddr, tls: bool, host: &str) {
+    write_forwarded_for(out, client, tls);
+    write_forwarded_host(out, host);
+}
+
+/// The `for` and `proto` parameters of this hop's `Forwarded` element.
+pub fn write_forwarded_for(out: &mut Vec<u8>, client: IpAddr, tls: bool) {
     use std::io::Write as _;
     let proto = if tls { "https" } else { "http" };
     let _ = match client {
         IpAddr::V4(_) => write!(out, "for={client};proto={proto}"),
         IpAddr::V6(_) => write!(out, "for=\"[{client}]\";proto={proto}"),
     };
+}
+
+/// The `host` parameter of this hop's `Forwarded` element, when the host can be quoted.
+pub fn write_forwarded_host(out: &mut Vec<u8>, host: &str) {
+    use std::io::Write as _;
     if !host.is_empty()
         && host
             .bytes()

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::either::Either;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -224,15 +223,22 @@ async fn serve_connection<IO, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let stream = match protocol {
-        ListenerProtocol::Http2 => Either::Right(stream),
+    let result = match protocol {
+        // Not `serve_connection_with_upgrades`: it sniffs the version and ignores the
+        // builder's `http2_only`, answering a bad preface as HTTP/1.
+        ListenerProtocol::Http2 => {
+            let c = builder.serve_connection(TokioIo::new(stream), svc);
+            watcher.watch(c.into_owned()).await
+        }
         p => match fast::serve(w, conn, stream, shutdown, p == ListenerProtocol::Auto).await {
             Served::Done => return,
-            Served::Fallback(io) => Either::Left(io),
+            Served::Fallback(io) => {
+                let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                watcher.watch(c.into_owned()).await
+            }
         },
     };
-    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    if let Err(e) = watcher.watch(c.into_owned()).await {
+    if let Err(e) = result {
         tracing::trace!(error = %e, "connection ended with an error");
     }
 }
