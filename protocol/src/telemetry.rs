@@ -106,6 +106,24 @@ pub struct Admission {
     pub shed: PerPriority,
 }
 
+/// What the data plane's own protection did in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resilience {
+    /// Tries after the first (route scope).
+    pub retries: u64,
+    /// Retries refused because the retry budget was spent (route scope).
+    pub retry_budget_exhausted: u64,
+    /// Outlier ejections (endpoint scope).
+    pub ejections: u64,
+    /// Circuit breaker trips (endpoint scope).
+    pub breaker_trips: u64,
+    /// At the end of the window (endpoint scope): ejected, breaker open, failing active
+    /// health checks.
+    pub ejected: bool,
+    pub breaker_open: bool,
+    pub unhealthy: bool,
+}
+
 /// LLM-specific signals, present only for LLM gateway scopes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LlmTelemetry {
@@ -144,6 +162,8 @@ pub struct Telemetry {
     /// Response body bytes sent to clients.
     pub bytes_out: u64,
     pub admission: Admission,
+    #[serde(default)]
+    pub resilience: Resilience,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmTelemetry>,
 }
@@ -172,6 +192,7 @@ impl Telemetry {
             bytes_in: 0,
             bytes_out: 0,
             admission: Admission::default(),
+            resilience: Resilience::default(),
             llm: None,
         }
     }

@@ -224,6 +224,27 @@ impl Admin {
                     v["health"] = json!(s.health());
                     v["consecutive_failures"] = json!(s.consecutive_failures());
                     v["last_failure_unix_ms"] = json!(s.last_failure_unix_ms());
+                    v["available"] = json!(s.is_available(now));
+                    v["active_health"] = json!(if s.actively_healthy() {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    });
+                    v["health_check_failures"] = json!(s
+                        .health_check_failures
+                        .load(std::sync::atomic::Ordering::Relaxed));
+                    v["ejection"] = json!({
+                        "ejected": s.ejected(now),
+                        "remaining_ms": s.ejected_until().map(|t| t.saturating_since(now).as_millis() as u64).filter(|&ms| ms > 0),
+                        "times_ejected": s.times_ejected(),
+                        "ejections_total": s.ejections_total.load(std::sync::atomic::Ordering::Relaxed),
+                    });
+                    v["breaker"] = match s.breaker_view(now) {
+                        Some((state, trips, last)) => {
+                            json!({"state": state, "trips": trips, "last_trip": last})
+                        }
+                        None => json!(null),
+                    };
                 } else {
                     // The cluster is not used by any route: nothing is known about it.
                     v["health"] = json!("unused");
@@ -382,6 +403,34 @@ impl Admin {
                 escape(&e.cluster),
                 escape(&e.address)
             );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_available 1 if the balancer may pick the endpoint: not ejected, not failing active health checks, breaker not open.");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_available gauge");
+        for e in &eps {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_upstream_available{{cluster=\"{}\",upstream=\"{}\"}} {}",
+                escape(&e.cluster),
+                escape(&e.address),
+                u8::from(e.is_available(now))
+            );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_breaker_state Circuit breaker: 0 closed, 1 half-open, 2 open (absent: no breaker).");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_breaker_state gauge");
+        for e in &eps {
+            if let Some((state, _, _)) = e.breaker_view(now) {
+                let v = match state {
+                    crate::guard::breaker::BreakerState::Closed => 0,
+                    crate::guard::breaker::BreakerState::HalfOpen => 1,
+                    crate::guard::breaker::BreakerState::Open => 2,
+                };
+                let _ = writeln!(
+                    out,
+                    "vivremotion_proxy_upstream_breaker_state{{cluster=\"{}\",upstream=\"{}\"}} {v}",
+                    escape(&e.cluster),
+                    escape(&e.address)
+                );
+            }
         }
         let _ = writeln!(out, "# HELP vivremotion_proxy_upstream_weight Effective balancer weight of an endpoint for a route.");
         let _ = writeln!(out, "# TYPE vivremotion_proxy_upstream_weight gauge");

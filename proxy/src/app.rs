@@ -140,6 +140,10 @@ impl App {
         })?;
         let admin_task = tokio::spawn(serve_admin(admin_listener, admin, stop_rx.clone()));
         let tick_task = tokio::spawn(tick_loop(self.shared.clone(), stop_rx.clone()));
+        let guard_task = tokio::spawn(crate::health::guard_loop(
+            self.shared.clone(),
+            stop_rx.clone(),
+        ));
         let reload_task = tokio::spawn(reload_loop(
             self.shared.clone(),
             self.config_path.clone(),
@@ -157,7 +161,7 @@ impl App {
             }
         });
         let _ = joined.await;
-        let _ = tokio::join!(admin_task, tick_task, reload_task);
+        let _ = tokio::join!(admin_task, tick_task, guard_task, reload_task);
         tracing::info!("stopped");
         Ok(())
     }
@@ -202,14 +206,36 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => break,
             _ = interval.tick() => {
-                let windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
+                let mut windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
+                let now = shared.clock.now();
+                mark_endpoint_state(&shared, &mut windows, now);
                 shared.telemetry.push(windows);
                 let snap = shared.snapshot.load();
-                let now = shared.clock.now();
                 for r in snap.routes.iter() {
                     r.clients.sweep(now);
                 }
             }
+        }
+    }
+}
+
+/// Endpoint windows carry the endpoint's protection state at the end of the window.
+fn mark_endpoint_state(
+    shared: &Shared,
+    windows: &mut [vivremotion_protocol::Telemetry],
+    now: vivremotion_protocol::Nanos,
+) {
+    use crate::guard::breaker::BreakerState;
+    let eps = shared.registries.endpoints();
+    for w in windows.iter_mut() {
+        let (Some(c), Some(u)) = (&w.scope.cluster, &w.scope.upstream) else {
+            continue;
+        };
+        if let Some(e) = eps.iter().find(|e| &e.cluster == c && &e.address == u) {
+            w.resilience.ejected = e.ejected(now);
+            w.resilience.unhealthy = !e.actively_healthy();
+            w.resilience.breaker_open =
+                matches!(e.breaker_view(now), Some((BreakerState::Open, _, _)));
         }
     }
 }

@@ -7,8 +7,11 @@
 
 use crate::balance::ewma::PeakEwma;
 use crate::balance::LoadView;
+use crate::guard::breaker::{Admit, Breaker, BreakerConfig, BreakerState, TripReason};
+use crate::guard::outlier::{HealthCounter, OutlierConfig};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 use vivremotion_protocol::Nanos;
 
@@ -27,7 +30,42 @@ pub struct EndpointState {
     ewma_primed: AtomicBool,
     decay_ns: AtomicU64,
     consecutive_failures: AtomicU32,
+    consecutive_5xx: AtomicU32,
     last_failure_unix_ms: AtomicU64,
+    /// Outlier ejection: until when (monotonic ns; 0 = not ejected), how often so far.
+    ejected_until: AtomicU64,
+    times_ejected: AtomicU32,
+    pub ejections_total: AtomicU64,
+    /// Requests and successes since the last success-rate evaluation.
+    sr_requests: AtomicU64,
+    sr_successes: AtomicU64,
+    /// Active health checks (true until checks say otherwise).
+    active_healthy: AtomicBool,
+    health: Mutex<HealthCounter>,
+    pub health_check_failures: AtomicU64,
+    /// `None`: breaker disabled for this endpoint's cluster.
+    breaker: Mutex<Option<Breaker>>,
+    /// Lock-free view of the breaker for the balancer: while open, the time it reopens.
+    breaker_blocked_until: AtomicU64,
+}
+
+/// How a try ended, as the endpoint's guards see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryResult {
+    /// The upstream answered with this status.
+    Answer(u16),
+    /// Connect failure, reset, timeout, or an unreadable response.
+    Error,
+}
+
+impl TryResult {
+    fn is_gateway_error(self) -> bool {
+        matches!(self, TryResult::Error | TryResult::Answer(502..=504))
+    }
+
+    fn is_5xx(self) -> bool {
+        matches!(self, TryResult::Error | TryResult::Answer(500..=599))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +74,8 @@ pub enum HealthState {
     Healthy,
     /// At least [`FAILING_AFTER`] gateway errors in a row (passive observation).
     Failing,
+    /// Failing active health checks.
+    Unhealthy,
 }
 
 impl EndpointState {
@@ -58,8 +98,182 @@ impl EndpointState {
             ewma_primed: AtomicBool::new(false),
             decay_ns: AtomicU64::new(Nanos::from_duration(decay).0),
             consecutive_failures: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
             last_failure_unix_ms: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
+            sr_requests: AtomicU64::new(0),
+            sr_successes: AtomicU64::new(0),
+            active_healthy: AtomicBool::new(true),
+            health: Mutex::new(HealthCounter::default()),
+            health_check_failures: AtomicU64::new(0),
+            breaker: Mutex::new(None),
+            breaker_blocked_until: AtomicU64::new(0),
         }
+    }
+
+    /// Install (or remove, with `None`) the cluster's breaker settings; a running breaker keeps
+    /// its state.
+    pub fn set_breaker(&self, cfg: Option<BreakerConfig>) {
+        let mut b = lock(&self.breaker);
+        match (cfg, b.as_mut()) {
+            (None, _) => {
+                *b = None;
+                self.breaker_blocked_until.store(0, Relaxed);
+            }
+            (Some(c), Some(existing)) => existing.set_config(c),
+            (Some(c), None) => *b = Some(Breaker::new(c)),
+        }
+    }
+
+    /// May a request go to this endpoint now, as far as its breaker is concerned?
+    pub fn breaker_admit(&self, now: Nanos) -> Admit {
+        let mut g = lock(&self.breaker);
+        let Some(b) = g.as_mut() else {
+            return Admit::Yes;
+        };
+        let a = b.admit(now);
+        self.sync_breaker(b);
+        a
+    }
+
+    fn sync_breaker(&self, b: &Breaker) {
+        self.breaker_blocked_until
+            .store(b.reopens_at().map_or(0, |t| t.0), Relaxed);
+    }
+
+    pub fn breaker_view(&self, now: Nanos) -> Option<(BreakerState, u64, Option<TripReason>)> {
+        lock(&self.breaker)
+            .as_ref()
+            .map(|b| (b.state(now), b.trips, b.last_trip))
+    }
+
+    /// Whether the balancer may choose this endpoint: healthy by active checks, not ejected,
+    /// breaker not open.
+    pub fn is_available(&self, now: Nanos) -> bool {
+        self.active_healthy.load(Relaxed)
+            && self.ejected_until.load(Relaxed) <= now.0
+            && self.breaker_blocked_until.load(Relaxed) <= now.0
+    }
+
+    pub fn ejected(&self, now: Nanos) -> bool {
+        self.ejected_until.load(Relaxed) > now.0
+    }
+
+    pub fn ejected_until(&self) -> Option<Nanos> {
+        Some(self.ejected_until.load(Relaxed))
+            .filter(|&t| t > 0)
+            .map(Nanos)
+    }
+
+    pub fn times_ejected(&self) -> u32 {
+        self.times_ejected.load(Relaxed)
+    }
+
+    /// Eject until `now + ejection_time(times)`. Returns false if it already was ejected.
+    pub fn eject(&self, now: Nanos, cfg: &OutlierConfig) -> bool {
+        let cur = self.ejected_until.load(Relaxed);
+        if cur > now.0 {
+            return false;
+        }
+        let times = self.times_ejected.load(Relaxed) + 1;
+        let until = now.saturating_add(cfg.ejection_time(times)).0;
+        if self
+            .ejected_until
+            .compare_exchange(cur, until, Relaxed, Relaxed)
+            .is_err()
+        {
+            return false; // another worker ejected it first
+        }
+        self.times_ejected.store(times, Relaxed);
+        self.ejections_total.fetch_add(1, Relaxed);
+        self.consecutive_failures.store(0, Relaxed);
+        self.consecutive_5xx.store(0, Relaxed);
+        true
+    }
+
+    /// One clean success-rate interval: repeat ejections are forgiven one at a time.
+    pub fn forgive_one(&self, now: Nanos) {
+        if !self.ejected(now) {
+            let _ = self
+                .times_ejected
+                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(1)));
+        }
+    }
+
+    /// Requests and successes since the last call (success-rate detection).
+    pub fn take_success_counts(&self) -> (u64, u64) {
+        (
+            self.sr_requests.swap(0, Relaxed),
+            self.sr_successes.swap(0, Relaxed),
+        )
+    }
+
+    /// Record an active health check; returns Some(new verdict) when it changed.
+    pub fn record_health_check(&self, ok: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        if !ok {
+            self.health_check_failures.fetch_add(1, Relaxed);
+        }
+        let mut h = lock(&self.health);
+        let changed = h.record(ok, healthy, unhealthy);
+        self.active_healthy.store(h.healthy, Relaxed);
+        changed.then_some(h.healthy)
+    }
+
+    /// Forget active health results (health checks were turned off).
+    pub fn clear_health(&self) {
+        *lock(&self.health) = HealthCounter::default();
+        self.active_healthy.store(true, Relaxed);
+    }
+
+    pub fn actively_healthy(&self) -> bool {
+        self.active_healthy.load(Relaxed)
+    }
+
+    /// Feed a finished try to the breaker and the outlier counters. Returns whether the
+    /// consecutive-failure detector asks for an ejection (the caller checks the cluster's
+    /// share), and whether the breaker tripped.
+    pub fn record_try(
+        &self,
+        result: TryResult,
+        probe: bool,
+        now: Nanos,
+        cfg: &OutlierConfig,
+    ) -> (bool, bool) {
+        self.sr_requests.fetch_add(1, Relaxed);
+        let success = !result.is_5xx();
+        if success {
+            self.sr_successes.fetch_add(1, Relaxed);
+        }
+        let tripped = {
+            let mut g = lock(&self.breaker);
+            match g.as_mut() {
+                Some(b) => {
+                    let before = b.trips;
+                    b.record(now, success, probe);
+                    self.sync_breaker(b);
+                    b.trips != before
+                }
+                None => false,
+            }
+        };
+        let c5 = if result.is_5xx() {
+            self.consecutive_5xx.fetch_add(1, Relaxed) + 1
+        } else {
+            if self.consecutive_5xx.load(Relaxed) != 0 {
+                self.consecutive_5xx.store(0, Relaxed);
+            }
+            0
+        };
+        let cg = if result.is_gateway_error() {
+            self.consecutive_failures.load(Relaxed)
+        } else {
+            0
+        };
+        let eject = (cfg.consecutive_5xx > 0 && c5 >= cfg.consecutive_5xx)
+            || (cfg.consecutive_gateway_errors > 0 && cg >= cfg.consecutive_gateway_errors);
+        (eject, tripped)
     }
 
     pub fn set_decay(&self, decay: Duration) {
@@ -134,7 +348,9 @@ impl EndpointState {
     }
 
     pub fn health(&self) -> HealthState {
-        if self.consecutive_failures.load(Relaxed) >= FAILING_AFTER {
+        if !self.actively_healthy() {
+            HealthState::Unhealthy
+        } else if self.consecutive_failures.load(Relaxed) >= FAILING_AFTER {
             HealthState::Failing
         } else {
             HealthState::Healthy
@@ -150,6 +366,10 @@ impl EndpointState {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl LoadView for EndpointState {
     fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
@@ -157,6 +377,10 @@ impl LoadView for EndpointState {
 
     fn latency_ns(&self, now: Nanos) -> f64 {
         self.ewma().estimate(now, self.decay())
+    }
+
+    fn available(&self, now: Nanos) -> bool {
+        self.is_available(now)
     }
 }
 
@@ -167,6 +391,10 @@ impl<T: LoadView> LoadView for std::sync::Arc<T> {
 
     fn latency_ns(&self, now: Nanos) -> f64 {
         (**self).latency_ns(now)
+    }
+
+    fn available(&self, now: Nanos) -> bool {
+        (**self).available(now)
     }
 }
 

@@ -36,6 +36,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("no endpoint of cluster {cluster:?} can take traffic")]
     NoEndpoint { cluster: String },
+    #[error("every endpoint of cluster {cluster:?} has its circuit breaker open")]
+    CircuitOpen { cluster: String },
     #[error("cannot connect to upstream {endpoint}: {detail}")]
     UpstreamConnect { endpoint: String, detail: String },
     #[error("upstream {endpoint} closed or reset the connection before answering: {detail}")]
@@ -53,9 +55,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoint { .. } | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -71,6 +73,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoEndpoint { .. } => "no_endpoint",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::UpstreamConnect { .. } => "upstream_connect_error",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -87,7 +90,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
-            ProxyError::NoEndpoint { .. } | ProxyError::ShuttingDown => Side::Proxy,
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::ShuttingDown => Side::Proxy,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::h1::{self, Decode, H1Error, RawHead, Step};
 use crate::headers;
+use crate::resilience::{Tries, TryEnd, TryFailure};
 use crate::routing::{self, RequestView};
 use crate::service::{ConnInfo, Worker};
 use crate::snapshot::Snapshot;
@@ -195,6 +196,9 @@ struct Plan {
     snap: Arc<Snapshot>,
     route: usize,
     endpoint: usize,
+    /// The first try goes as a half-open breaker probe.
+    probe: bool,
+    tries: Tries,
     rid: HeaderValue,
     body_len: u64,
     client_close: bool,
@@ -403,14 +407,17 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         return Parsed::Fallback;
     }
     let mut rng = w.rng();
-    let input = PickInput {
-        now: t0,
-        worker: w.id,
-        key_hash: route.key_hash_with(|n| raw.first(n.as_str()), peer.info.client.ip()),
-    };
-    let Some(ei) = route.pick(&input, &mut rng) else {
+    let input = PickInput::new(
+        t0,
+        w.id,
+        route.key_hash_with(|n| raw.first(n.as_str()), peer.info.client.ip()),
+    );
+    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
+    // No endpoint (or every breaker open): the hyper path gives the error answer.
+    let Ok((ei, probe)) = route.choose(&mut tries, &mut rng) else {
         return Parsed::Fallback;
     };
+    route.deposit(w.id, t0);
     let rid = match raw
         .first("x-request-id")
         .and_then(|v| HeaderValue::from_bytes(v).ok())
@@ -427,6 +434,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         snap,
         route: ri,
         endpoint: ei,
+        probe,
+        tries,
         rid,
         body_len,
         client_close,
@@ -538,69 +547,128 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let shared = &w.shared;
-    let head = std::mem::take(&mut plan.head);
+    let mut out = std::mem::take(&mut plan.head);
+    let mut tries = plan.tries.clone();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
-    let endpoint = &route.endpoints[plan.endpoint];
-    let scope = ScopeRef::Endpoint {
-        route: plan.route as u32,
-        endpoint: plan.endpoint as u32,
-    };
-    let mut guard = Guard::start(plan.snap.clone(), scope, w.id, outcome());
-    let timeout = route.cfg.timeout;
-    let span = tracing::debug_span!(
-        "request",
-        request_id = ?plan.rid,
-        route = %route.cfg.name,
-        upstream = %endpoint.address,
-    );
-    let exchange = exchange(w, plan, head, io, rbuf);
-    let result = tokio::time::timeout(timeout, exchange)
-        .instrument(span)
-        .await;
-    let now = shared.clock.now();
-    let latency = now.saturating_since(plan.t0);
-    let latency_us = latency.as_nanos() as f64 / 1e3;
-    guard.outcome.latency_us = latency_us;
-    guard.outcome.bytes_in = plan.body_len;
-
-    let (mut up, raw, body_read) = match result {
-        Ok(Ok(x)) => x,
-        Ok(Err((e, body_read))) => {
-            let err = match e {
-                Failure::Connect(detail) => ProxyError::UpstreamConnect {
+    // The body bytes already read go along with the head (and again with a retried head:
+    // only bodiless requests are retried after anything was sent).
+    let first = (rbuf.len() as u64).min(plan.body_len) as usize;
+    out.extend_from_slice(&rbuf[..first]);
+    rbuf.advance(first);
+    let mut remaining = plan.body_len - first as u64;
+    let (mut ei, mut probe) = (plan.endpoint, plan.probe);
+    let mut rng = None;
+    let (mut guard, mut up, raw, body_read, latency_us) = loop {
+        tries.count += 1;
+        let endpoint = &route.endpoints[ei];
+        let scope = ScopeRef::Endpoint {
+            route: plan.route as u32,
+            endpoint: ei as u32,
+        };
+        let mut guard = Guard::start(plan.snap.clone(), scope, w.id, outcome());
+        let try_t0 = shared.clock.now();
+        let limit = tries.try_timeout(route, try_t0);
+        let span = tracing::debug_span!(
+            "request",
+            request_id = ?plan.rid,
+            route = %route.cfg.name,
+            upstream = %endpoint.address,
+            try_ = tries.count,
+        );
+        let exchange = exchange(w, plan, ei, &out, &mut remaining, io, rbuf);
+        let result = tokio::time::timeout(limit, exchange).instrument(span).await;
+        let now = shared.clock.now();
+        let unix_ms = shared.clock.unix_ms();
+        let rtt = now.saturating_since(try_t0);
+        let latency_us = now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
+        guard.outcome.latency_us = latency_us;
+        guard.outcome.bytes_in = plan.body_len;
+        let replayable = plan.body_len == 0;
+        let rng = rng.get_or_insert_with(|| w.rng());
+        let end = TryEnd {
+            endpoint: ei,
+            probe,
+            status: 0,
+            failure: None,
+            rtt,
+            now,
+            unix_ms,
+        };
+        let (failure, body_read, err) = match result {
+            Ok(Ok((up, raw, body_read))) => {
+                let status = raw.status;
+                let end = TryEnd {
+                    status,
+                    failure: None,
+                    ..end
+                };
+                let idem = plan.idempotent;
+                if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, rng) {
+                    // The answer is dropped unread, and its connection with it.
+                    guard.outcome.status = status;
+                    guard.outcome.upstream_status = Some(status);
+                    drop((guard, up));
+                    (ei, probe) = (next.0, next.1);
+                    tokio::time::sleep(next.2).await;
+                    continue;
+                }
+                break (guard, up, raw, body_read, latency_us);
+            }
+            Ok(Err((Failure::Client(e), _))) => {
+                // The client went away or broke its own request: nothing to answer.
+                guard.outcome.status = 499;
+                return Err(e);
+            }
+            Ok(Err((Failure::Connect(detail), body_read))) => (
+                TryFailure::Connect,
+                body_read,
+                ProxyError::UpstreamConnect {
                     endpoint: endpoint.address.clone(),
                     detail,
                 },
-                Failure::Client(e) => {
-                    // The client went away or broke its own request: nothing to answer.
-                    guard.outcome.status = 499;
-                    return Err(e);
-                }
-                Failure::Upstream(e) => ProxyError::UpstreamReset {
+            ),
+            Ok(Err((Failure::Upstream(e), body_read))) => (
+                TryFailure::Reset,
+                body_read,
+                ProxyError::UpstreamReset {
                     endpoint: endpoint.address.clone(),
                     detail: e.to_string(),
                 },
-            };
-            endpoint.record_error(timeout, now, shared.clock.unix_ms());
-            let keep = body_read && !plan.client_close;
-            write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
-            return Ok(keep);
-        }
-        Err(_elapsed) => {
-            endpoint.record_error(timeout, now, shared.clock.unix_ms());
-            let err = ProxyError::UpstreamTimeout {
-                endpoint: endpoint.address.clone(),
-                timeout,
-            };
+            ),
             // The request body may be half read: the connection cannot be trusted further.
-            write_error(io, wbuf, &err, &plan.rid, guard, latency_us, false).await?;
-            return Ok(false);
+            Err(_elapsed) => (
+                TryFailure::Timeout,
+                false,
+                ProxyError::UpstreamTimeout {
+                    endpoint: endpoint.address.clone(),
+                    timeout: limit,
+                },
+            ),
+        };
+        // A connect failure consumed nothing of the request; anything else only a bodiless one
+        // can be sent again.
+        let replayable = replayable || failure == TryFailure::Connect;
+        let end = TryEnd {
+            failure: Some(failure),
+            ..end
+        };
+        if let Some(next) = route.after_try(w.id, &mut tries, end, plan.idempotent, replayable, rng)
+        {
+            guard.outcome.status = err.status().as_u16();
+            guard.outcome.failure = err.upstream_failure();
+            drop(guard);
+            (ei, probe) = (next.0, next.1);
+            tokio::time::sleep(next.2).await;
+            continue;
         }
+        let keep = body_read && !plan.client_close;
+        write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
+        return Ok(keep);
     };
+    let endpoint = &route.endpoints[ei];
 
     let status = raw.status;
-    endpoint.record_answer(status, latency, now, shared.clock.unix_ms());
     guard.outcome.status = status;
     guard.outcome.upstream_status = Some(status);
 
@@ -726,7 +794,9 @@ enum Failure {
 async fn exchange<IO>(
     w: &Worker,
     plan: &Plan,
-    head: Vec<u8>,
+    ei: usize,
+    out: &[u8],
+    remaining: &mut u64,
     io: &mut IO,
     rbuf: &mut BytesMut,
 ) -> Result<(h1::Conn, RawHead, bool), (Failure, bool)>
@@ -734,14 +804,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let route = &plan.snap.routes[plan.route];
-    let endpoint = &route.endpoints[plan.endpoint];
-    let authority = &route.authorities[plan.endpoint];
-    let mut out = head;
-    // The body bytes already read come along with the head.
-    let first = (rbuf.len() as u64).min(plan.body_len) as usize;
-    out.extend_from_slice(&rbuf[..first]);
-    rbuf.advance(first);
-    let mut remaining = plan.body_len - first as u64;
+    let endpoint = &route.endpoints[ei];
+    let authority = &route.authorities[ei];
     let mut fresh = false;
     loop {
         let (mut up, pooled) = route
@@ -749,19 +813,19 @@ where
             .checkout_h1(w.id, endpoint.id, authority, plan.t0, fresh)
             .await
             .map_err(|e| match e {
-                SendError::Connect(d) => (Failure::Connect(d), remaining == 0),
-                SendError::Request(e) => (Failure::Connect(e.to_string()), remaining == 0),
+                SendError::Connect(d) => (Failure::Connect(d), *remaining == 0),
+                SendError::Request(e) => (Failure::Connect(e.to_string()), *remaining == 0),
             })?;
-        if let Err(e) = up.io.write_all(&out).await {
+        if let Err(e) = up.io.write_all(out).await {
             // A pooled connection that died idle fails here; nothing reached anyone.
             if pooled {
                 fresh = true;
                 continue;
             }
-            return Err((Failure::Upstream(H1Error::Write(e)), remaining == 0));
+            return Err((Failure::Upstream(H1Error::Write(e)), *remaining == 0));
         }
         // Stream the rest of the body from the client.
-        while remaining > 0 {
+        while *remaining > 0 {
             if rbuf.is_empty() {
                 rbuf.reserve(16 * 1024);
                 match h1::read_into(io, rbuf).await {
@@ -774,11 +838,11 @@ where
                     Err(e) => return Err((Failure::Client(e), false)),
                 }
             }
-            let k = (rbuf.len() as u64).min(remaining) as usize;
+            let k = (rbuf.len() as u64).min(*remaining) as usize;
             let chunk = rbuf.split_to(k);
-            remaining -= k as u64;
+            *remaining -= k as u64;
             if let Err(e) = up.io.write_all(&chunk).await {
-                return Err((Failure::Upstream(H1Error::Write(e)), remaining == 0));
+                return Err((Failure::Upstream(H1Error::Write(e)), *remaining == 0));
             }
         }
         match up.read_raw_head().await {

@@ -12,6 +12,7 @@ use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::resilience::{NoEndpoint, Tries, TryEnd, TryFailure};
 use crate::routing;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
@@ -71,6 +72,14 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Methods RFC 9110 calls idempotent: safe to send twice.
+pub(crate) fn idempotent(m: &Method) -> bool {
+    matches!(
+        m.as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 fn outcome(status: u16, latency_us: f64) -> Outcome {
@@ -170,17 +179,23 @@ pub async fn handle(
         }
     }
 
-    let input = PickInput {
-        now: t0,
-        worker: w.id,
-        key_hash: route.key_hash(req.headers(), conn.client.ip()),
+    let input = PickInput::new(t0, w.id, route.key_hash(req.headers(), conn.client.ip()));
+    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
+    let (mut ei, mut probe) = match route.choose(&mut tries, &mut rng) {
+        Ok(x) => x,
+        Err(why) => {
+            let err = match why {
+                NoEndpoint::None => ProxyError::NoEndpoint {
+                    cluster: route.cfg.cluster.clone(),
+                },
+                NoEndpoint::CircuitOpen => ProxyError::CircuitOpen {
+                    cluster: route.cfg.cluster.clone(),
+                },
+            };
+            return local_error(&w, &snap, route_scope, err, &rid, t0);
+        }
     };
-    let Some(ei) = route.pick(&input, &mut rng) else {
-        let err = ProxyError::NoEndpoint {
-            cluster: route.cfg.cluster.clone(),
-        };
-        return local_error(&w, &snap, route_scope, err, &rid, t0);
-    };
+    route.deposit(w.id, t0);
 
     let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -250,43 +265,81 @@ pub async fn handle(
     h.insert(&headers::TRACEPARENT, tp);
     headers::apply_ops(h, &route.cfg.request_headers);
 
-    let body = if body.is_end_stream() {
+    // A bodiless request can be sent again as it was; one with a body only goes once.
+    let replayable = body.is_end_stream();
+    let mut body = Some(if replayable {
         RequestBody::empty()
     } else {
         let mut b = RequestBody::new(body, route.cfg.max_body_bytes);
         b.account_to(route.stats[ei].clone(), w.id);
         b
-    };
-
-    let scope = ScopeRef::Endpoint {
-        route: ri as u32,
-        endpoint: ei as u32,
-    };
-    let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(0, 0.0));
-    let endpoint = &route.endpoints[ei];
-    let span = tracing::debug_span!(
-        "request",
-        request_id = ?rid,
-        route = %route.cfg.name,
-        upstream = %endpoint.address,
-    );
-    let timeout = route.cfg.timeout;
-    let send = route.clients.send(
-        w.id,
-        endpoint.id,
-        &route.authorities[ei],
-        Request::from_parts(parts, body),
-        t0,
-    );
-    let result = tokio::time::timeout(timeout, send).instrument(span).await;
-    let now = shared.clock.now();
-    let latency = now.saturating_since(t0);
-    let latency_us = latency.as_nanos() as f64 / 1e3;
-
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let err = match e {
+    });
+    let (mut guard, mut resp, latency_us) = loop {
+        tries.count += 1;
+        let scope = ScopeRef::Endpoint {
+            route: ri as u32,
+            endpoint: ei as u32,
+        };
+        let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(0, 0.0));
+        let endpoint = &route.endpoints[ei];
+        let span = tracing::debug_span!(
+            "request",
+            request_id = ?rid,
+            route = %route.cfg.name,
+            upstream = %endpoint.address,
+            try_ = tries.count,
+        );
+        let mut try_parts = parts.clone();
+        let mut uri = std::mem::take(&mut try_parts.uri).into_parts();
+        uri.authority = Some(route.authorities[ei].clone());
+        try_parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        let try_body = body.take().unwrap_or_else(RequestBody::empty);
+        let try_t0 = shared.clock.now();
+        let limit = tries.try_timeout(route, try_t0);
+        let send = route.clients.send(
+            w.id,
+            endpoint.id,
+            &route.authorities[ei],
+            Request::from_parts(try_parts, try_body),
+            t0,
+        );
+        let result = tokio::time::timeout(limit, send).instrument(span).await;
+        let now = shared.clock.now();
+        let unix_ms = shared.clock.unix_ms();
+        let rtt = now.saturating_since(try_t0);
+        let latency_us = now.saturating_since(t0).as_nanos() as f64 / 1e3;
+        let idem = idempotent(&parts.method);
+        let end = TryEnd {
+            endpoint: ei,
+            probe,
+            status: 0,
+            failure: None,
+            rtt,
+            now,
+            unix_ms,
+        };
+        let (failure, err) = match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let end = TryEnd {
+                    status,
+                    failure: None,
+                    ..end
+                };
+                if let Some(next) =
+                    route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng)
+                {
+                    guard.outcome.status = status;
+                    guard.outcome.upstream_status = Some(status);
+                    guard.outcome.latency_us = latency_us;
+                    drop((guard, resp));
+                    (ei, probe) = (next.0, next.1);
+                    tokio::time::sleep(next.2).await;
+                    continue;
+                }
+                break (guard, resp, latency_us);
+            }
+            Ok(Err(e)) => match e {
                 SendError::Request(e) => {
                     if let Some(limit) = find_body_too_large(&*e) {
                         return error_response(
@@ -296,31 +349,47 @@ pub async fn handle(
                             latency_us,
                         );
                     }
-                    ProxyError::UpstreamReset {
-                        endpoint: endpoint.address.clone(),
-                        detail: error_chain(&*e),
-                    }
+                    (
+                        TryFailure::Reset,
+                        ProxyError::UpstreamReset {
+                            endpoint: endpoint.address.clone(),
+                            detail: error_chain(&*e),
+                        },
+                    )
                 }
-                SendError::Connect(detail) => ProxyError::UpstreamConnect {
+                SendError::Connect(detail) => (
+                    TryFailure::Connect,
+                    ProxyError::UpstreamConnect {
+                        endpoint: endpoint.address.clone(),
+                        detail,
+                    },
+                ),
+            },
+            Err(_elapsed) => (
+                TryFailure::Timeout,
+                ProxyError::UpstreamTimeout {
                     endpoint: endpoint.address.clone(),
-                    detail,
+                    timeout: limit,
                 },
-            };
-            endpoint.record_error(timeout, now, shared.clock.unix_ms());
-            return error_response(&err, &rid, guard, latency_us);
+            ),
+        };
+        let end = TryEnd {
+            failure: Some(failure),
+            ..end
+        };
+        if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng) {
+            guard.outcome.status = err.status().as_u16();
+            guard.outcome.failure = err.upstream_failure();
+            guard.outcome.latency_us = latency_us;
+            drop(guard);
+            (ei, probe) = (next.0, next.1);
+            tokio::time::sleep(next.2).await;
+            continue;
         }
-        Err(_elapsed) => {
-            endpoint.record_error(timeout, now, shared.clock.unix_ms());
-            let err = ProxyError::UpstreamTimeout {
-                endpoint: endpoint.address.clone(),
-                timeout,
-            };
-            return error_response(&err, &rid, guard, latency_us);
-        }
+        return error_response(&err, &rid, guard, latency_us);
     };
 
     let status = resp.status().as_u16();
-    endpoint.record_answer(status, latency, now, shared.clock.unix_ms());
     guard.outcome.status = status;
     guard.outcome.upstream_status = Some(status);
     guard.outcome.latency_us = latency_us;

@@ -62,6 +62,10 @@ pub struct RouteRuntime {
     pub route_stats: Arc<ScopeStats>,
     pub balancer: Balancer,
     pub hash_on: Option<HashOn>,
+    /// The cluster's outlier settings (ejection share, thresholds).
+    pub outlier: crate::guard::outlier::OutlierConfig,
+    /// Retry budgets; survive snapshots.
+    pub guard: Arc<crate::resilience::RouteGuard>,
 }
 
 impl RouteRuntime {
@@ -151,6 +155,7 @@ pub struct Registries {
     pub stats: StatsRegistry,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     clients: Mutex<HashMap<String, Arc<ClusterClients>>>,
+    route_guards: Mutex<HashMap<String, Arc<crate::resilience::RouteGuard>>>,
 }
 
 impl Registries {
@@ -203,6 +208,8 @@ pub fn build(
 
     let mut clients_map = reg.clients.lock().unwrap_or_else(|p| p.into_inner());
     let mut endpoints_map = reg.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+    let mut route_guards = reg.route_guards.lock().unwrap_or_else(|p| p.into_inner());
+    let mut live_guards = HashSet::new();
     let mut new_clients = HashMap::new();
     for (name, c) in &config.clusters {
         let clients = match clients_map.get(name) {
@@ -268,6 +275,10 @@ pub fn build(
                 })
                 .clone();
             state.set_decay(cluster.ewma_decay);
+            state.set_breaker(cluster.breaker);
+            if cluster.health_check.is_none() {
+                state.clear_health();
+            }
             live_endpoints.insert(key);
             let Ok(auth) = e.address.parse::<Authority>() else {
                 continue;
@@ -304,16 +315,32 @@ pub fn build(
             upstream: None,
         };
         live_scopes.insert(route_scope.clone());
+        let guard = route_guards
+            .entry(rc.name.clone())
+            .or_insert_with(|| {
+                Arc::new(crate::resilience::RouteGuard::new(workers, rc.retry.budget))
+            })
+            .clone();
+        guard.reconfigure(rc.retry.budget);
+        live_guards.insert(rc.name.clone());
         routes.push(RouteRuntime {
             cfg: rc.clone(),
             clients: clients.clone(),
-            balancer: Balancer::new(cluster.balancer, &names, &weights, workers),
+            balancer: Balancer::with_panic_threshold(
+                cluster.balancer,
+                &names,
+                &weights,
+                workers,
+                cluster.outlier.panic_threshold,
+            ),
             endpoints: eps.into(),
             authorities: auths.into(),
             weight_sources: sources.into(),
             stats: stats.into(),
             route_stats: reg.stats.get_or_create(route_scope, workers),
             hash_on: cluster.hash_on.clone(),
+            outlier: cluster.outlier,
+            guard,
         });
     }
     let unmatched_scope = Scope {
@@ -327,6 +354,7 @@ pub fn build(
     // Only now, with the whole snapshot built, forget what the new config no longer has.
     *clients_map = new_clients;
     endpoints_map.retain(|k, _| live_endpoints.contains(k));
+    route_guards.retain(|k, _| live_guards.contains(k));
     reg.stats.retain(&live_scopes);
 
     Ok(Built {

@@ -323,3 +323,104 @@ where
     }
     false
 }
+
+/// What one paced request saw: when it was sent (since the start) and its status (0: a
+/// transport error).
+#[derive(Debug, Clone)]
+pub struct Shot {
+    pub at: Duration,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// Open-loop load: GET `url` at `rate` requests/s for `duration`, each request on its own task
+/// (a slow answer does not slow the sender down). `during(elapsed)` runs on the sender's task
+/// every 10 ms, for fault injection at chosen times.
+pub async fn paced<F: FnMut(Duration)>(
+    client: HttpClient,
+    url: String,
+    rate: f64,
+    duration: Duration,
+    mut during: F,
+) -> Vec<Shot> {
+    let shots = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut next = start;
+    let mut last_hook = start;
+    let mut tasks = Vec::new();
+    while next < start + duration {
+        let now = Instant::now();
+        if now < next {
+            tokio::time::sleep_until(next.into()).await;
+        }
+        if last_hook.elapsed() >= Duration::from_millis(10) {
+            during(start.elapsed());
+            last_hook = Instant::now();
+        }
+        let (client, url, shots) = (client.clone(), url.clone(), shots.clone());
+        let at = next - start;
+        tasks.push(tokio::spawn(async move {
+            let shot = match get(&client, &url).await {
+                Ok(r) => Shot {
+                    at,
+                    status: r.status,
+                    detail: String::from_utf8_lossy(&r.body).chars().take(300).collect(),
+                },
+                Err(e) => Shot {
+                    at,
+                    status: 0,
+                    detail: e,
+                },
+            };
+            shots.lock().unwrap().push(shot);
+        }));
+        next += period;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = std::mem::take(&mut *shots.lock().unwrap());
+    v.sort_by_key(|s| s.at);
+    v
+}
+
+/// A `vivremotion demo-upstream` in its own process, killed on drop.
+pub struct UpstreamProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl UpstreamProcess {
+    pub fn start(name: &str, latency_ms: f64) -> UpstreamProcess {
+        let mut child = Command::new(BIN)
+            .args(["demo-upstream", "--listen", "127.0.0.1:0", "--name", name])
+            .args(["--latency-ms", &latency_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        // "ready demo-upstream NAME@ADDR"
+        let addr = line
+            .trim()
+            .rsplit('@')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("demo-upstream did not start: {line:?}"));
+        UpstreamProcess { child, addr }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for UpstreamProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 struct Fake {
     in_flight: u32,
     ewma: PeakEwma,
+    down: bool,
 }
 
 impl Fake {
@@ -16,6 +17,7 @@ impl Fake {
         Fake {
             in_flight: 0,
             ewma: PeakEwma::new(Duration::from_millis(30), Nanos(0)),
+            down: false,
         }
     }
 }
@@ -28,6 +30,9 @@ impl LoadView for Fake {
     }
     fn latency_ns(&self, now: Nanos) -> f64 {
         self.ewma.estimate(now, DECAY)
+    }
+    fn available(&self, _now: Nanos) -> bool {
+        !self.down
     }
 }
 
@@ -42,11 +47,7 @@ fn balancer(kind: BalancerKind, weights: &[u32]) -> Balancer {
 }
 
 fn input(now: Nanos, worker: usize, key_hash: Option<u64>) -> PickInput {
-    PickInput {
-        now,
-        worker,
-        key_hash,
-    }
+    PickInput::new(now, worker, key_hash)
 }
 
 #[test]
@@ -193,5 +194,77 @@ proptest! {
         let mut rng = SmallRng::seed_from_u64(seed);
         let i = b.pick(&eps, &input(Nanos(0), 0, None), &mut rng).unwrap();
         prop_assert_eq!(in_flight[i], *in_flight.iter().min().unwrap());
+    }
+}
+
+const KINDS: [BalancerKind; 4] = [
+    BalancerKind::RoundRobin,
+    BalancerKind::LeastRequest,
+    BalancerKind::P2cPeakEwma,
+    BalancerKind::ConsistentHash,
+];
+
+proptest! {
+    /// Unavailable and avoided endpoints are never picked while the cluster is above the
+    /// panic threshold and something else is left; in panic mode every endpoint is fair game
+    /// except the avoided ones.
+    #[test]
+    fn availability_avoid_and_panic(
+        kind in 0usize..4,
+        down in prop::collection::vec(any::<bool>(), 1..12),
+        avoid in any::<u64>(),
+        seed in any::<u64>(),
+        key in any::<u64>(),
+    ) {
+        let n = down.len();
+        let kind = KINDS[kind];
+        let b = balancer(kind, &vec![1; n]);
+        let eps: Vec<Fake> = down.iter().map(|&d| Fake { down: d, ..Fake::new() }).collect();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut inp = input(Nanos(1), 0, Some(key));
+        inp.avoid = avoid;
+        let avoided = |i: usize| avoid & (1 << i) != 0;
+        let available = down.iter().filter(|d| !**d).count();
+        let panic = (available as f64) < 0.5 * n as f64;
+        let usable = (0..n).filter(|&i| (panic || !down[i]) && !avoided(i)).count();
+        for _ in 0..20 {
+            let got = b.pick(&eps, &inp, &mut rng);
+            match got {
+                None => prop_assert!(!panic && available == 0, "nothing picked with {available} up"),
+                Some(i) => {
+                    prop_assert!(i < n);
+                    if !panic { prop_assert!(!down[i], "picked a down endpoint {i}"); }
+                    if usable > 0 { prop_assert!(!avoided(i), "picked avoided {i} with {usable} usable"); }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn consistent_hash_moves_only_the_keys_of_an_unavailable_endpoint() {
+    let b = balancer(BalancerKind::ConsistentHash, &[1, 1, 1, 1]);
+    let mut eps = vec![Fake::new(); 4];
+    let mut rng = SmallRng::seed_from_u64(1);
+    let keys: Vec<u64> = (0..2000u64)
+        .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let before: Vec<usize> = keys
+        .iter()
+        .map(|&k| {
+            b.pick(&eps, &input(Nanos(1), 0, Some(k)), &mut rng)
+                .unwrap()
+        })
+        .collect();
+    eps[2].down = true;
+    for (k, &was) in keys.iter().zip(&before) {
+        let now = b
+            .pick(&eps, &input(Nanos(1), 0, Some(*k)), &mut rng)
+            .unwrap();
+        if was != 2 {
+            assert_eq!(now, was, "a key of a healthy endpoint moved");
+        } else {
+            assert_ne!(now, 2);
+        }
     }
 }

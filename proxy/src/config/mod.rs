@@ -3,6 +3,7 @@
 //! path (`routes[2].cluster`, `clusters.api.connect_timeout`) and the reason, and validation
 //! reports all the errors it finds, not just the first.
 
+pub mod guard;
 pub mod raw;
 
 pub use raw::{BalancerKind, ListenerProtocol, UpstreamProtocol};
@@ -120,6 +121,10 @@ pub struct ClusterConfig {
     pub ewma_decay: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub ewma_default_rtt: Duration,
+    pub health_check: Option<guard::HealthCheckConfig>,
+    pub outlier: crate::guard::outlier::OutlierConfig,
+    /// `None`: the breaker is disabled.
+    pub breaker: Option<crate::guard::breaker::BreakerConfig>,
 }
 
 /// What decides how a cluster's connections are made; clusters whose transport is unchanged
@@ -164,9 +169,11 @@ pub struct RouteConfig {
     pub rewrite: RewriteConfig,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Total time to response headers, all tries included.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
     pub max_body_bytes: u64,
+    pub retry: guard::RetryConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -228,8 +235,18 @@ fn is_sensitive(name: &HeaderName) -> bool {
     SENSITIVE_HEADERS.contains(&name.as_str())
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+pub(crate) fn ser_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_header_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
@@ -301,7 +318,7 @@ impl Config {
 
 /// Collects errors with their paths while validation walks the raw config.
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
@@ -324,6 +341,28 @@ impl Errors {
                     default
                 }
             },
+        }
+    }
+
+    fn range_u32(&mut self, path: &str, v: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
+        match v {
+            None => default,
+            Some(n) if (lo..=hi).contains(&n) => n,
+            Some(n) => {
+                self.push(path, format!("{n} is outside {lo}..={hi}"));
+                default
+            }
+        }
+    }
+
+    fn range_f64(&mut self, path: &str, v: Option<f64>, default: f64, lo: f64, hi: f64) -> f64 {
+        match v {
+            None => default,
+            Some(x) if x.is_finite() && (lo..=hi).contains(&x) => x,
+            Some(x) => {
+                self.push(path, format!("{x} is outside {lo}..={hi}"));
+                default
+            }
         }
     }
 
@@ -666,6 +705,12 @@ fn validate_clusters(
                     &c.ewma_default_rtt,
                     Duration::from_millis(30),
                 ),
+                health_check: c
+                    .health_check
+                    .as_ref()
+                    .map(|h| guard::health_check(&base, h, errs)),
+                outlier: guard::outlier(&base, &c.outlier, errs),
+                breaker: guard::breaker(&base, &c.breaker, errs),
             },
         );
     }
@@ -750,6 +795,7 @@ fn validate_routes(
             response_headers,
             timeout,
             max_body_bytes: r.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+            retry: guard::retry(&base, &r.retry, errs),
         });
     }
     out

@@ -115,6 +115,11 @@ pub struct RawCluster {
     pub pool_max_idle_per_endpoint: Option<usize>,
     pub ewma_decay: Option<String>,
     pub ewma_default_rtt: Option<String>,
+    pub health_check: Option<super::guard::RawHealthCheck>,
+    #[serde(default)]
+    pub outlier: super::guard::RawOutlier,
+    #[serde(default)]
+    pub breaker: super::guard::RawBreaker,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +162,8 @@ pub struct RawRoute {
     pub response_headers: RawHeaderOps,
     pub timeout: Option<String>,
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub retry: super::guard::RawRetry,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -172,3 +172,49 @@ request_headers = { set = { authorization = "Bearer sk-secret", x-team = "blue" 
     assert!(json.contains("blue"), "{json}");
     assert!(json.contains("\"timeout\":\"30s\""), "{json}");
 }
+
+#[test]
+fn protection_settings_have_defaults_and_checked_paths() {
+    let c = Config::parse(MINIMAL).unwrap();
+    let b = &c.clusters["backend"];
+    assert!(b.health_check.is_none(), "active checks are opt-in");
+    assert_eq!(b.outlier.consecutive_gateway_errors, 5);
+    assert!((b.outlier.max_ejection_share - 0.5).abs() < 1e-9);
+    assert!(b.breaker.is_some(), "breakers are on by default");
+    let r = &c.routes[0].retry;
+    assert_eq!(r.retries, 2);
+    assert!(r.on.connect && r.on.reset && !r.on.status_503 && !r.on.timeout);
+    assert!((r.budget.ratio - 0.2).abs() < 1e-9);
+
+    let errs = errors_of(
+        r#"
+[clusters.backend]
+endpoints = ["127.0.0.1:9001"]
+health_check = { path = "healthz", interval = "1ms", unhealthy_threshold = 0 }
+outlier = { max_ejection_percent = 150, interval = "soon" }
+breaker = { failure_ratio = 0.0, probes = 0 }
+
+[[routes]]
+cluster = "backend"
+retry = { retries = 11, on = ["connect", "teapot"], per_try_timeout = "0s", budget_percent = -1 }
+"#,
+    );
+    for want in [
+        "clusters.backend.health_check.path",
+        "clusters.backend.health_check.interval",
+        "clusters.backend.health_check.unhealthy_threshold",
+        "clusters.backend.outlier.max_ejection_percent",
+        "clusters.backend.outlier.interval",
+        "clusters.backend.breaker.failure_ratio",
+        "clusters.backend.breaker.probes",
+        "routes[0].retry.retries",
+        "routes[0].retry.on[1]",
+        "routes[0].retry.per_try_timeout",
+        "routes[0].retry.budget_percent",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "no error for {want}: {errs:#?}"
+        );
+    }
+}

@@ -90,6 +90,10 @@ impl Collector {
             w.in_flight = now.in_flight.max(0) as u64;
             w.bytes_in = d(Ctr::BytesIn);
             w.bytes_out = d(Ctr::BytesOut);
+            w.resilience.retries = d(Ctr::Retries);
+            w.resilience.retry_budget_exhausted = d(Ctr::RetryBudgetExhausted);
+            w.resilience.ejections = d(Ctr::Ejections);
+            w.resilience.breaker_trips = d(Ctr::BreakerTrips);
             // Admission control arrives with limits; until then every request is admitted.
             w.admission.admitted.default = w.requests;
             out.push(w);

@@ -34,6 +34,39 @@ fn labels(s: &ScopeStats) -> String {
 pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
     let totals: Vec<_> = scopes.iter().map(|s| (labels(s), s.totals())).collect();
 
+    // Protection events: one counter family each, only scopes where something happened.
+    for (name, help, c) in [
+        (
+            "retries_total",
+            "Tries after the first, by route.",
+            Ctr::Retries,
+        ),
+        (
+            "retry_budget_exhausted_total",
+            "Retries refused because the route's retry budget was spent.",
+            Ctr::RetryBudgetExhausted,
+        ),
+        (
+            "upstream_ejections_total",
+            "Outlier ejections of an endpoint.",
+            Ctr::Ejections,
+        ),
+        (
+            "upstream_breaker_trips_total",
+            "Circuit breaker trips of an endpoint.",
+            Ctr::BreakerTrips,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} counter");
+        for (l, t) in &totals {
+            let v = t.get(c);
+            if v > 0 {
+                let _ = writeln!(out, "vivremotion_proxy_{name}{{{l}}} {v}");
+            }
+        }
+    }
+
     let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class.");
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_total counter");
     for (l, t) in &totals {

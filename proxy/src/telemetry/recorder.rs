@@ -26,9 +26,17 @@ pub enum Ctr {
     BytesOut,
     /// Sum of latencies in µs.
     LatencySumUs,
+    /// Route scope: tries after the first.
+    Retries,
+    /// Route scope: retries refused for lack of budget.
+    RetryBudgetExhausted,
+    /// Endpoint scope: outlier ejections.
+    Ejections,
+    /// Endpoint scope: circuit breaker trips.
+    BreakerTrips,
 }
 
-pub const NUM_COUNTERS: usize = Ctr::LatencySumUs as usize + 1;
+pub const NUM_COUNTERS: usize = Ctr::BreakerTrips as usize + 1;
 
 /// What happened to one request, recorded when it is finished.
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +163,11 @@ impl ScopeStats {
         let us_int = us as u64;
         s.window_min_us.fetch_min(us_int, Relaxed);
         s.window_max_us.fetch_max(us_int, Relaxed);
+    }
+
+    /// Count an event that is not a finished request (retries, ejections, ...).
+    pub fn add(&self, worker: usize, c: Ctr, n: u64) {
+        self.shard(worker).counters[c as usize].fetch_add(n, Relaxed);
     }
 
     /// Count request body bytes (recorded separately: the body may outlive the response).
