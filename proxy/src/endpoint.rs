@@ -402,15 +402,19 @@ impl<T: LoadView> LoadView for std::sync::Arc<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn in_flight_never_wraps() {
-        let e = EndpointState::new(
+    fn endpoint() -> EndpointState {
+        EndpointState::new(
             "c",
             "a:1",
             Duration::from_millis(1),
             Duration::from_secs(10),
             Nanos(0),
-        );
+        )
+    }
+
+    #[test]
+    fn in_flight_never_wraps() {
+        let e = endpoint();
         e.finish();
         assert_eq!(e.in_flight(), 0);
         e.start();
@@ -421,13 +425,7 @@ mod tests {
 
     #[test]
     fn failures_mark_failing_and_success_clears() {
-        let e = EndpointState::new(
-            "c",
-            "a:1",
-            Duration::from_millis(1),
-            Duration::from_secs(10),
-            Nanos(0),
-        );
+        let e = endpoint();
         for _ in 0..FAILING_AFTER {
             e.record_failure(5);
         }
@@ -439,13 +437,7 @@ mod tests {
 
     #[test]
     fn rtt_observations_feed_the_estimate() {
-        let e = EndpointState::new(
-            "c",
-            "a:1",
-            Duration::from_millis(1),
-            Duration::from_secs(10),
-            Nanos(0),
-        );
+        let e = endpoint();
         e.observe_rtt(Duration::from_millis(40), Nanos(10));
         assert!((e.latency_ns(Nanos(10)) - 40e6).abs() < 1.0);
     }

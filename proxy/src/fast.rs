@@ -578,31 +578,16 @@ where
         );
         let exchange = exchange(w, plan, ei, &out, &mut remaining, io, rbuf);
         let result = tokio::time::timeout(limit, exchange).instrument(span).await;
-        let now = shared.clock.now();
-        let unix_ms = shared.clock.unix_ms();
-        let rtt = now.saturating_since(try_t0);
-        let latency_us = now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
+        let end = TryEnd::now(ei, probe, try_t0, &*shared.clock);
+        let latency_us = end.now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
         guard.outcome.latency_us = latency_us;
         guard.outcome.bytes_in = plan.body_len;
         let replayable = plan.body_len == 0;
         let rng = rng.get_or_insert_with(|| w.rng());
-        let end = TryEnd {
-            endpoint: ei,
-            probe,
-            status: 0,
-            failure: None,
-            rtt,
-            now,
-            unix_ms,
-        };
         let (failure, body_read, err) = match result {
             Ok(Ok((up, raw, body_read))) => {
                 let status = raw.status;
-                let end = TryEnd {
-                    status,
-                    failure: None,
-                    ..end
-                };
+                let end = end.answered(status);
                 let idem = plan.idempotent;
                 if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, rng) {
                     // The answer is dropped unread, and its connection with it.
@@ -649,10 +634,7 @@ where
         // A connect failure consumed nothing of the request; anything else only a bodiless one
         // can be sent again.
         let replayable = replayable || failure == TryFailure::Connect;
-        let end = TryEnd {
-            failure: Some(failure),
-            ..end
-        };
+        let end = end.failed(failure);
         if let Some(next) = route.after_try(w.id, &mut tries, end, plan.idempotent, replayable, rng)
         {
             guard.outcome.status = err.status().as_u16();

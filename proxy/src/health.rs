@@ -149,16 +149,9 @@ fn sweep_success_rates(snap: &Snapshot, now: Nanos, next: &mut HashMap<String, N
         let outliers = success_rate_outliers(&stats, cfg);
         for (i, e) in route.endpoints.iter().enumerate() {
             if outliers[i] {
-                let ejected = route.endpoints.iter().filter(|x| x.ejected(now)).count();
-                if cfg.may_eject(ejected, route.endpoints.len()) && e.eject(now, cfg) {
-                    route.stats[i].add(
-                        snap.config.proxy.workers,
-                        crate::telemetry::recorder::Ctr::Ejections,
-                        1,
-                    );
-                    let (q, ok) = stats[i];
-                    tracing::warn!(endpoint = %e.address, cluster = %e.cluster, requests = q, successes = ok, "endpoint ejected: success rate far below its peers");
-                }
+                let (q, ok) = stats[i];
+                let why = format!("success rate {ok}/{q} far below its peers");
+                route.try_eject(snap.config.proxy.workers, i, now, &why);
             } else {
                 e.forgive_one(now);
             }

@@ -11,7 +11,7 @@ use crate::telemetry::recorder::Ctr;
 use rand::Rng;
 use std::sync::Mutex;
 use std::time::Duration;
-use vivremotion_protocol::Nanos;
+use vivremotion_protocol::{Clock, Nanos};
 
 /// Per-route state that outlives snapshots: one retry budget per worker (no sharing, no lock
 /// contention; the bound holds per worker and so for their sum).
@@ -43,11 +43,6 @@ impl RouteGuard {
             }
         }
     }
-
-    /// Retries the worker's budget still allows now.
-    pub fn available(&self, worker: usize, now: Nanos) -> u64 {
-        self.budget(worker).available(now)
-    }
 }
 
 /// Why no endpoint was chosen.
@@ -72,7 +67,8 @@ pub enum TryFailure {
     Status(u16),
 }
 
-/// How one try ended.
+/// How one try ended: build with [`TryEnd::now`] when the try returns, then say how with
+/// [`TryEnd::answered`] or [`TryEnd::failed`].
 #[derive(Debug, Clone, Copy)]
 pub struct TryEnd {
     pub endpoint: usize,
@@ -84,6 +80,37 @@ pub struct TryEnd {
     pub rtt: Duration,
     pub now: Nanos,
     pub unix_ms: u64,
+}
+
+impl TryEnd {
+    /// A try to endpoint `ei` that started at `started` ends now.
+    pub fn now(endpoint: usize, probe: bool, started: Nanos, clock: &dyn Clock) -> TryEnd {
+        let now = clock.now();
+        TryEnd {
+            endpoint,
+            probe,
+            status: 0,
+            failure: None,
+            rtt: now.saturating_since(started),
+            now,
+            unix_ms: clock.unix_ms(),
+        }
+    }
+
+    pub fn answered(self, status: u16) -> TryEnd {
+        TryEnd {
+            status,
+            failure: None,
+            ..self
+        }
+    }
+
+    pub fn failed(self, failure: TryFailure) -> TryEnd {
+        TryEnd {
+            failure: Some(failure),
+            ..self
+        }
+    }
 }
 
 /// One request's tries so far.
@@ -175,18 +202,29 @@ impl RouteRuntime {
             }
         }
         if eject {
-            let ejected = self.endpoints.iter().filter(|x| x.ejected(now)).count();
-            if self.outlier.may_eject(ejected, self.endpoints.len()) && e.eject(now, &self.outlier)
-            {
-                self.stats[ei].add(worker, Ctr::Ejections, 1);
-                tracing::warn!(
-                    endpoint = %e.address,
-                    cluster = %e.cluster,
-                    times = e.times_ejected(),
-                    "endpoint ejected: consecutive failures"
-                );
-            }
+            self.try_eject(worker, ei, now, "consecutive failures");
         }
+    }
+
+    /// Eject endpoint `ei` if the cluster's ejection share allows one more; counted and
+    /// logged. Returns whether it was ejected.
+    pub fn try_eject(&self, worker: usize, ei: usize, now: Nanos, why: &str) -> bool {
+        let Some(e) = self.endpoints.get(ei) else {
+            return false;
+        };
+        let ejected = self.endpoints.iter().filter(|x| x.ejected(now)).count();
+        if !self.outlier.may_eject(ejected, self.endpoints.len()) || !e.eject(now, &self.outlier) {
+            return false;
+        }
+        self.stats[ei].add(worker, Ctr::Ejections, 1);
+        tracing::warn!(
+            endpoint = %e.address,
+            cluster = %e.cluster,
+            times = e.times_ejected(),
+            reason = why,
+            "endpoint ejected"
+        );
+        true
     }
 
     /// A try ended (`result`; `failure` says how, if it failed): record it, then decide

@@ -304,28 +304,13 @@ pub async fn handle(
             t0,
         );
         let result = tokio::time::timeout(limit, send).instrument(span).await;
-        let now = shared.clock.now();
-        let unix_ms = shared.clock.unix_ms();
-        let rtt = now.saturating_since(try_t0);
-        let latency_us = now.saturating_since(t0).as_nanos() as f64 / 1e3;
+        let end = TryEnd::now(ei, probe, try_t0, &*shared.clock);
+        let latency_us = end.now.saturating_since(t0).as_nanos() as f64 / 1e3;
         let idem = idempotent(&parts.method);
-        let end = TryEnd {
-            endpoint: ei,
-            probe,
-            status: 0,
-            failure: None,
-            rtt,
-            now,
-            unix_ms,
-        };
         let (failure, err) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                let end = TryEnd {
-                    status,
-                    failure: None,
-                    ..end
-                };
+                let end = end.answered(status);
                 if let Some(next) =
                     route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng)
                 {
@@ -373,10 +358,7 @@ pub async fn handle(
                 },
             ),
         };
-        let end = TryEnd {
-            failure: Some(failure),
-            ..end
-        };
+        let end = end.failed(failure);
         if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng) {
             guard.outcome.status = err.status().as_u16();
             guard.outcome.failure = err.upstream_failure();

@@ -318,10 +318,13 @@ pub fn build(
         let guard = route_guards
             .entry(rc.name.clone())
             .or_insert_with(|| {
-                Arc::new(crate::resilience::RouteGuard::new(workers, rc.retry.budget))
+                Arc::new(crate::resilience::RouteGuard::new(
+                    workers,
+                    rc.retry.budget(),
+                ))
             })
             .clone();
-        guard.reconfigure(rc.retry.budget);
+        guard.reconfigure(rc.retry.budget());
         live_guards.insert(rc.name.clone());
         routes.push(RouteRuntime {
             cfg: rc.clone(),

@@ -107,13 +107,20 @@ pub struct RetryConfig {
     pub backoff_base: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub backoff_max: Duration,
-    #[serde(skip)]
-    pub budget: BudgetConfig,
     pub budget_percent: f64,
     pub budget_min_per_second: f64,
 }
 
 impl RetryConfig {
+    /// The retry budget these settings describe (10 s sliding window).
+    pub fn budget(&self) -> BudgetConfig {
+        BudgetConfig {
+            ratio: self.budget_percent / 100.0,
+            min_per_second: self.budget_min_per_second,
+            window: Duration::from_secs(10),
+        }
+    }
+
     /// Backoff before retry number `n` (1-based), before jitter: `base · 2^(n−1)`, capped.
     pub fn backoff(&self, n: u32) -> Duration {
         self.backoff_base
@@ -346,11 +353,6 @@ pub(super) fn retry(base: &str, r: &RawRetry, errs: &mut Errors) -> RetryConfig 
             &r.backoff_max,
             Duration::from_millis(250),
         ),
-        budget: BudgetConfig {
-            ratio: budget_percent / 100.0,
-            min_per_second: budget_min_per_second,
-            window: Duration::from_secs(10),
-        },
         budget_percent,
         budget_min_per_second,
     }

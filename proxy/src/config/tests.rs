@@ -184,7 +184,7 @@ fn protection_settings_have_defaults_and_checked_paths() {
     let r = &c.routes[0].retry;
     assert_eq!(r.retries, 2);
     assert!(r.on.connect && r.on.reset && !r.on.status_503 && !r.on.timeout);
-    assert!((r.budget.ratio - 0.2).abs() < 1e-9);
+    assert!((r.budget().ratio - 0.2).abs() < 1e-9);
 
     let errs = errors_of(
         r#"
