@@ -66,6 +66,9 @@ enum Command {
         /// Share of requests answered 503.
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
+        /// Requests served at once (0: no limit); the rest wait in line.
+        #[arg(long, default_value_t = 0)]
+        max_concurrent: u32,
     },
 }
 
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
             latency_ms,
             jitter_ms,
             error_rate,
+            max_concurrent,
         } => run_demo_upstream(
             listen,
             name,
@@ -106,6 +110,7 @@ fn main() -> std::process::ExitCode {
                 jitter_ms,
                 error_rate,
                 down: false,
+                max_concurrent,
             },
         ),
     };

@@ -35,13 +35,19 @@ pub struct RoutePolicy {
     /// configured weight.
     #[serde(default)]
     pub upstream_weights: BTreeMap<String, u32>,
+    /// A fixed concurrency limit; replaces the route's configured (or adaptive) one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    /// Rate and burst per rate limit name (the limits themselves, with their keys, come from
+    /// the config).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<String, RateLimit>,
     /// Utilisation (0..=1 of the concurrency limit) above which a class is shed.
     #[serde(default)]
     pub shed_threshold: BTreeMap<Priority, f64>,
+    /// Retries may add at most this share (%) of requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -134,17 +140,39 @@ impl Policy {
             // Whether some endpoint keeps a weight depends on the config (unlisted endpoints
             // keep theirs), so the all-zero check is the proxy's, not this structural one's.
             let base = format!("routes.{name}");
-            if let Some(rl) = &r.rate_limit {
-                let path = format!("{base}.rate_limit.requests_per_second");
+            for (limit, rl) in &r.rate_limits {
+                let path = format!("{base}.rate_limits.{limit}.requests_per_second");
                 if !rl.requests_per_second.is_finite() {
                     return Err(PolicyError::NotFinite { path });
                 }
-                if rl.requests_per_second < 0.0 {
+                if rl.requests_per_second <= 0.0 || rl.requests_per_second > 1e9 {
                     return Err(PolicyError::OutOfRange {
                         path,
                         value: rl.requests_per_second,
+                        min: f64::MIN_POSITIVE,
+                        max: 1e9,
+                    });
+                }
+            }
+            if r.concurrency_limit == Some(0) {
+                return Err(PolicyError::OutOfRange {
+                    path: format!("{base}.concurrency_limit"),
+                    value: 0.0,
+                    min: 1.0,
+                    max: f64::from(u32::MAX),
+                });
+            }
+            if let Some(b) = r.retry_budget_percent {
+                let path = format!("{base}.retry_budget_percent");
+                if !b.is_finite() {
+                    return Err(PolicyError::NotFinite { path });
+                }
+                if !(0.0..=1000.0).contains(&b) {
+                    return Err(PolicyError::OutOfRange {
+                        path,
+                        value: b,
                         min: 0.0,
-                        max: f64::MAX,
+                        max: 1000.0,
                     });
                 }
             }
@@ -188,10 +216,14 @@ mod tests {
         r.upstream_weights.insert("10.0.0.1:80".into(), 80);
         r.upstream_weights.insert("10.0.0.2:80".into(), 20);
         r.concurrency_limit = Some(128);
-        r.rate_limit = Some(RateLimit {
-            requests_per_second: 500.0,
-            burst: 50,
-        });
+        r.rate_limits.insert(
+            "per-key".into(),
+            RateLimit {
+                requests_per_second: 500.0,
+                burst: 50,
+            },
+        );
+        r.retry_budget_percent = Some(10.0);
         r.shed_threshold.insert(Priority::Sheddable, 0.8);
         p.routes.insert("api".into(), r);
         p.models.insert(
@@ -231,6 +263,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("routes.api.shed_threshold.default"));
+
+        let mut p = sample();
+        if let Some(r) = p.routes.get_mut("api") {
+            r.concurrency_limit = Some(0);
+        }
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("routes.api.concurrency_limit"));
+
+        let mut p = sample();
+        if let Some(r) = p.routes.get_mut("api") {
+            r.rate_limits.insert(
+                "x".into(),
+                RateLimit {
+                    requests_per_second: f64::NAN,
+                    burst: 1,
+                },
+            );
+        }
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("routes.api.rate_limits.x.requests_per_second"));
 
         let mut p = sample();
         p.schema_version = 99;

@@ -109,6 +109,10 @@ impl Admin {
             "/api/v1/config" if m == Method::GET => self.config(),
             "/api/v1/config/reload" if m == Method::POST => self.reload().await,
             "/api/v1/upstreams" if m == Method::GET => self.upstreams(),
+            "/api/v1/limits" if m == Method::GET => json_response(
+                StatusCode::OK,
+                &crate::limits::describe(&self.shared.snapshot.load()),
+            ),
             "/api/v1/telemetry" if m == Method::GET => self.telemetry(&req),
             "/api/v1/policy" if m == Method::GET => self.get_policy(),
             "/api/v1/policy" if m == Method::PUT || m == Method::POST => self.put_policy(req).await,
@@ -121,7 +125,7 @@ impl Admin {
                 let name = p["/api/v1/demo/upstreams/".len()..].to_string();
                 self.demo_get(&name)
             }
-            "/metrics" | "/healthz" | "/readyz" | "/api/v1/config" | "/api/v1/upstreams"
+            "/metrics" | "/healthz" | "/readyz" | "/api/v1/config" | "/api/v1/upstreams" | "/api/v1/limits"
             | "/api/v1/telemetry" | "/api/v1/demo/upstreams" => method_not_allowed("GET"),
             "/api/v1/policy" => method_not_allowed("GET, PUT, POST"),
             "/api/v1/config/reload" => method_not_allowed("POST"),
@@ -365,6 +369,7 @@ impl Admin {
             out.push_str(&h.render());
         }
         render_scopes(&mut out, &self.shared.registries.stats.all());
+        crate::limits::render_metrics(&mut out, &self.shared.registries.limits);
         let snap = self.shared.snapshot.load();
         let now = self.shared.clock.now();
         let eps = self.shared.registries.endpoints();

@@ -5,6 +5,8 @@
 use crate::admin::{metrics_handle, Admin};
 use crate::config::Config;
 use crate::demo::DemoUpstreams;
+use crate::limits::redis::RedisStore;
+use crate::limits::store::{LeaseStore, MemoryStore};
 use crate::server::{self, BoundListener, ServerError};
 use crate::snapshot::BuildError;
 use crate::state::Shared;
@@ -30,6 +32,8 @@ pub enum AppError {
     Build(#[from] BuildError),
     #[error("{0}")]
     Server(#[from] ServerError),
+    #[error("global_limits.redis_url: {0}")]
+    LimitStore(crate::limits::store::StoreError),
     #[error("admin API: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -63,6 +67,8 @@ pub struct App {
     admin_addr: SocketAddr,
     config_path: Option<PathBuf>,
     demo: Option<Arc<DemoUpstreams>>,
+    /// Where global rate limits lease tokens (Redis, or this process).
+    limit_store: Arc<dyn LeaseStore>,
 }
 
 /// A request to re-read the config file, answered with the warnings or the errors.
@@ -92,8 +98,16 @@ impl App {
             addr: admin_addr,
             source,
         })?;
+        // Read at start only: a reload cannot move global limits to another store.
+        let limit_store: Arc<dyn LeaseStore> = match &cfg.global_limits.redis_url {
+            Some(url) => Arc::new(
+                RedisStore::new(url, cfg.global_limits.timeout).map_err(AppError::LimitStore)?,
+            ),
+            None => Arc::new(MemoryStore::new(opts.clock.clone())),
+        };
         let shared = Shared::new(opts.config, opts.clock, seed)?;
         Ok(App {
+            limit_store,
             shared,
             listeners,
             admin,
@@ -144,6 +158,11 @@ impl App {
             self.shared.clone(),
             stop_rx.clone(),
         ));
+        let lease_task = tokio::spawn(crate::limits::lease_loop(
+            self.shared.clone(),
+            self.limit_store.clone(),
+            stop_rx.clone(),
+        ));
         let reload_task = tokio::spawn(reload_loop(
             self.shared.clone(),
             self.config_path.clone(),
@@ -161,7 +180,7 @@ impl App {
             }
         });
         let _ = joined.await;
-        let _ = tokio::join!(admin_task, tick_task, guard_task, reload_task);
+        let _ = tokio::join!(admin_task, tick_task, guard_task, lease_task, reload_task);
         tracing::info!("stopped");
         Ok(())
     }

@@ -49,6 +49,8 @@ pub struct Guard {
     conn: Option<Http1Conn>,
     /// The response was read completely: the connection may serve another request.
     reusable: bool,
+    /// The route's concurrency slot, released after the outcome is recorded.
+    pub permit: Option<crate::limits::concurrency::Permit>,
 }
 
 impl Guard {
@@ -68,6 +70,7 @@ impl Guard {
             outcome,
             conn: None,
             reusable: false,
+            permit: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl Guard {
             outcome,
             conn: None,
             reusable: false,
+            permit: None,
         }
     }
 

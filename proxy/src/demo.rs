@@ -40,6 +40,10 @@ pub struct DemoSettings {
     pub error_rate: f64,
     /// Stopped: connections are refused and open ones are closed.
     pub down: bool,
+    /// Requests served at once (0: no limit); the rest wait in line, as on a server with a
+    /// fixed pool of workers. Capacity is then `max_concurrent / latency`.
+    #[serde(default)]
+    pub max_concurrent: u32,
 }
 
 impl DemoSettings {
@@ -49,6 +53,7 @@ impl DemoSettings {
             jitter_ms,
             error_rate: 0.0,
             down: false,
+            max_concurrent: 0,
         }
     }
 }
@@ -61,6 +66,7 @@ pub struct DemoSettingsPatch {
     pub jitter_ms: Option<f64>,
     pub error_rate: Option<f64>,
     pub down: Option<bool>,
+    pub max_concurrent: Option<u32>,
 }
 
 impl DemoSettingsPatch {
@@ -80,10 +86,16 @@ impl DemoSettingsPatch {
     }
 }
 
+fn gate(max_concurrent: u32) -> Option<Arc<tokio::sync::Semaphore>> {
+    (max_concurrent > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_concurrent as usize)))
+}
+
 pub struct DemoUpstream {
     pub name: String,
     addr: Mutex<SocketAddr>,
     settings: Mutex<DemoSettings>,
+    /// The worker pool when `max_concurrent` is set; replaced when the setting changes.
+    gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     served: AtomicU64,
     connections: AtomicU64,
     seed: u64,
@@ -101,6 +113,7 @@ impl DemoUpstream {
         Arc::new(DemoUpstream {
             name: name.to_string(),
             addr: Mutex::new(addr),
+            gate: Mutex::new(gate(settings.max_concurrent)),
             settings: Mutex::new(settings),
             served: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -181,6 +194,10 @@ impl DemoUpstream {
             if let Some(v) = patch.down {
                 s.down = v;
             }
+            if let Some(v) = patch.max_concurrent {
+                s.max_concurrent = v;
+                *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = gate(v);
+            }
             now_down = s.down;
         }
         match (was_down, now_down) {
@@ -236,6 +253,12 @@ impl DemoUpstream {
         let n = self.served.fetch_add(1, Relaxed);
         let mut rng = SmallRng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let s = self.settings();
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Held until the answer is ready: later requests queue behind the busy workers.
+        let _worker = match gate {
+            Some(g) => g.acquire_owned().await.ok(),
+            None => None,
+        };
         let delay = s.latency_ms
             + if s.jitter_ms > 0.0 {
                 rng.random_range(0.0..s.jitter_ms)

@@ -46,6 +46,26 @@ pub enum ProxyError {
     UpstreamTimeout { endpoint: String, timeout: Duration },
     #[error("proxy is shutting down")]
     ShuttingDown,
+    #[error("rate limit {limit:?} of route {route:?} exceeded; retry in {}s", retry_after_secs(*.retry_after))]
+    RateLimited {
+        route: String,
+        limit: String,
+        retry_after: Duration,
+        /// `RateLimit-Policy` and `RateLimit` field values.
+        policy: String,
+        state: String,
+    },
+    #[error("route {route:?} is overloaded; {priority} requests are shed; retry in {}s", retry_after_secs(*.retry_after))]
+    Overloaded {
+        route: String,
+        priority: &'static str,
+        retry_after: Duration,
+    },
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1 (0 would invite a tight loop).
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
 impl ProxyError {
@@ -57,7 +77,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint { .. }
             | ProxyError::CircuitOpen { .. }
-            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::ShuttingDown
+            | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -78,6 +100,8 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -86,13 +110,15 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BadRequest(_) => Side::Client,
+            | ProxyError::BadRequest(_)
+            | ProxyError::RateLimited { .. } => Side::Client,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
             ProxyError::NoEndpoint { .. }
             | ProxyError::CircuitOpen { .. }
-            | ProxyError::ShuttingDown => Side::Proxy,
+            | ProxyError::ShuttingDown
+            | ProxyError::Overloaded { .. } => Side::Proxy,
         }
     }
 
@@ -103,6 +129,29 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => Some(UpstreamFailure::Timeout),
             _ => None,
         }
+    }
+
+    /// Response fields beyond the JSON body: `Retry-After`, and the IETF httpapi
+    /// `RateLimit-Policy` / `RateLimit` fields on 429.
+    pub fn extra_headers(&self) -> impl Iterator<Item = (&'static str, std::borrow::Cow<'_, str>)> {
+        let (retry, policy, state) = match self {
+            ProxyError::RateLimited {
+                retry_after,
+                policy,
+                state,
+                ..
+            } => (
+                Some(*retry_after),
+                Some(policy.as_str()),
+                Some(state.as_str()),
+            ),
+            ProxyError::Overloaded { retry_after, .. } => (Some(*retry_after), None, None),
+            _ => (None, None, None),
+        };
+        let retry = retry.map(|d| ("retry-after", retry_after_secs(d).to_string().into()));
+        let policy = policy.map(|p| ("ratelimit-policy", p.into()));
+        let state = state.map(|s| ("ratelimit", s.into()));
+        retry.into_iter().chain(policy).chain(state)
     }
 
     /// The JSON error body: `{"error":{"type":..,"message":..,"request_id":..}}`.
@@ -140,5 +189,40 @@ mod tests {
             body["error"]["message"],
             "upstream 10.0.0.1:80 did not send response headers within 1s 500ms"
         );
+    }
+
+    #[test]
+    fn limits_answer_with_their_headers() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        let e = ProxyError::RateLimited {
+            route: "api".into(),
+            limit: "per-key".into(),
+            retry_after: Duration::from_millis(300),
+            policy: "\"per-key\";q=100;w=1".into(),
+            state: "\"per-key\";r=0;t=1".into(),
+        };
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h: Vec<_> = e
+            .extra_headers()
+            .map(|(n, v)| (n, v.into_owned()))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                ("retry-after", "1".to_string()),
+                ("ratelimit-policy", "\"per-key\";q=100;w=1".to_string()),
+                ("ratelimit", "\"per-key\";r=0;t=1".to_string()),
+            ]
+        );
+        let e = ProxyError::Overloaded {
+            route: "api".into(),
+            priority: "sheddable",
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.extra_headers().count(), 1);
     }
 }

@@ -21,6 +21,8 @@ use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::h1::{self, Decode, H1Error, RawHead, Step};
 use crate::headers;
+use crate::limits::concurrency::{Permit, Wait};
+use crate::limits::{self, Admit};
 use crate::resilience::{Tries, TryEnd, TryFailure};
 use crate::routing::{self, RequestView};
 use crate::service::{ConnInfo, Worker};
@@ -38,6 +40,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tracing::Instrument;
+use vivremotion_protocol::telemetry::Priority;
 use vivremotion_protocol::Nanos;
 
 /// Most request fields the fast path takes; more go to hyper (which allows 100).
@@ -207,11 +210,27 @@ struct Plan {
     t0: Nanos,
     /// The head to send upstream.
     head: Vec<u8>,
+    /// The route's concurrency slot, or the queue place to wait in for one.
+    permit: Option<Permit>,
+    wait: Option<(Priority, Wait)>,
+}
+
+/// A request answered without going upstream (rate limited, shed, no endpoint).
+struct Refused {
+    snap: Arc<Snapshot>,
+    route: usize,
+    err: ProxyError,
+    rid: HeaderValue,
+    /// The connection may go on: no body follows the head and the client did not ask to close.
+    keep: bool,
+    t0: Nanos,
 }
 
 enum Parsed {
     /// Head complete and taken by the fast path: its length, and the plan.
     Go(usize, Box<Plan>),
+    /// Head complete, answered here: its length, and the answer.
+    Refuse(usize, Box<Refused>),
     /// Need more bytes.
     More,
     /// Not for the fast path: hand the connection to hyper.
@@ -249,7 +268,7 @@ where
         // Polled after the read, so a head that is already buffered never touches the timer wheel.
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
-        let (head_len, plan) = loop {
+        let (head_len, plan) = 'head: loop {
             if rbuf.is_empty() && *shutdown.borrow() {
                 return Served::Done;
             }
@@ -272,7 +291,29 @@ where
                 }
                 if !first {
                     match plan(&w, &peer, &rbuf, max_head) {
-                        Parsed::Go(n, p) => break (n, p),
+                        Parsed::Go(n, p) => break 'head (n, p),
+                        Parsed::Refuse(n, r) => {
+                            rbuf.advance(n);
+                            first = false;
+                            let keep = r.keep && !*shutdown.borrow();
+                            let latency_us =
+                                w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
+                            let guard = Guard::local(
+                                r.snap.clone(),
+                                ScopeRef::Route(r.route as u32),
+                                w.id,
+                                outcome(),
+                            );
+                            let sent = write_error(
+                                &mut io, &mut wbuf, &r.err, &r.rid, guard, latency_us, keep,
+                            )
+                            .await;
+                            if sent.is_err() || !keep {
+                                let _ = io.shutdown().await;
+                                return Served::Done;
+                            }
+                            continue;
+                        }
                         Parsed::More => {}
                         Parsed::Fallback => return fallback(rbuf, io),
                     }
@@ -407,17 +448,6 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         return Parsed::Fallback;
     }
     let mut rng = w.rng();
-    let input = PickInput::new(
-        t0,
-        w.id,
-        route.key_hash_with(|n| raw.first(n.as_str()), peer.info.client.ip()),
-    );
-    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
-    // No endpoint (or every breaker open): the hyper path gives the error answer.
-    let Ok((ei, probe)) = route.choose(&mut tries, &mut rng) else {
-        return Parsed::Fallback;
-    };
-    route.deposit(w.id, t0);
     let rid = match raw
         .first("x-request-id")
         .and_then(|v| HeaderValue::from_bytes(v).ok())
@@ -425,6 +455,41 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         Some(v) if headers::valid_request_id(&v) => v,
         _ => headers::new_request_id(rng.random()),
     };
+    let client_ip = peer.info.client.ip();
+    let refuse = |err: ProxyError, rid: HeaderValue| {
+        let keep = body_len == 0 && !client_close;
+        Parsed::Refuse(
+            n,
+            Box::new(Refused {
+                snap: snap.clone(),
+                route: ri,
+                err,
+                rid,
+                keep,
+                t0,
+            }),
+        )
+    };
+    // From here on the request is the fast path's: admission has counted it.
+    let prio = limits::priority(&route.cfg, &snap.config, client_ip, || {
+        raw.first("x-priority")
+    });
+    let (permit, wait) = match route.admit(w.id, prio, |n| raw.first(n.as_str()), client_ip, t0) {
+        Admit::Go(p) => (p, None),
+        Admit::Wait(wt) => (None, Some((prio, wt))),
+        Admit::Refuse(err) => return refuse(err, rid),
+    };
+    let input = PickInput::new(
+        t0,
+        w.id,
+        route.key_hash_with(|n| raw.first(n.as_str()), client_ip),
+    );
+    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
+    let (ei, probe) = match route.choose(&mut tries, &mut rng) {
+        Ok(x) => x,
+        Err(why) => return refuse(route.no_endpoint(why), rid),
+    };
+    route.deposit(w.id, t0);
     let idempotent = matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
@@ -443,6 +508,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         idempotent,
         t0,
         head: Vec::new(),
+        permit,
+        wait,
     };
     let mut plan = Box::new(plan);
     let mut out = Vec::with_capacity(n + 256);
@@ -548,6 +615,29 @@ where
 {
     let shared = &w.shared;
     let mut out = std::mem::take(&mut plan.head);
+    // Held to the end of the exchange.
+    let _permit = match plan.wait.take() {
+        None => plan.permit.take(),
+        Some((prio, wait)) => match plan.snap.routes[plan.route]
+            .wait_admission(w.id, prio, wait)
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(err) => {
+                let guard = Guard::local(
+                    plan.snap.clone(),
+                    ScopeRef::Route(plan.route as u32),
+                    w.id,
+                    outcome(),
+                );
+                let keep = plan.body_len == 0 && !plan.client_close;
+                let latency_us =
+                    shared.clock.now().saturating_since(plan.t0).as_nanos() as f64 / 1e3;
+                write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
+                return Ok(keep);
+            }
+        },
+    };
     let mut tries = plan.tries.clone();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
@@ -934,6 +1024,9 @@ where
         body.len()
     );
     put_field(wbuf, b"x-request-id", rid.as_bytes());
+    for (name, value) in err.extra_headers() {
+        put_field(wbuf, name.as_bytes(), value.as_bytes());
+    }
     if !keep {
         wbuf.extend_from_slice(b"connection: close\r\n");
     }

@@ -6,6 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A request's priority class; believed only from `proxy.trusted_priority_from`.
+pub static X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");

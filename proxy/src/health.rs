@@ -22,6 +22,7 @@ pub async fn guard_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // Next check per (cluster, endpoint address); next success-rate sweep per cluster.
     let mut next_check: HashMap<(String, String), Nanos> = HashMap::new();
     let mut next_sweep: HashMap<String, Nanos> = HashMap::new();
+    let mut next_window: HashMap<String, Nanos> = HashMap::new();
     let mut step = tokio::time::interval(STEP);
     step.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,9 +33,32 @@ pub async fn guard_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 let now = shared.clock.now();
                 schedule_checks(&snap, now, &mut next_check, &mut rng);
                 sweep_success_rates(&snap, now, &mut next_sweep);
+                adapt_concurrency(&shared, now, &mut next_window);
             }
         }
     }
+}
+
+/// Close the adaptive concurrency windows that are due (to the nearest step).
+fn adapt_concurrency(shared: &Shared, now: Nanos, next: &mut HashMap<String, Nanos>) {
+    let limiters = shared.registries.limits.limiters();
+    for (route, lim) in &limiters {
+        let Some(window) = lim.window() else {
+            continue;
+        };
+        let due = next
+            .entry(route.clone())
+            .or_insert(now.saturating_add(window));
+        if now >= *due {
+            let before = lim.limit();
+            let after = lim.tick(now);
+            if before != after {
+                tracing::trace!(route = %route, before, after, "adaptive concurrency limit");
+            }
+            *due = now.saturating_add(window);
+        }
+    }
+    next.retain(|r, _| limiters.iter().any(|(n, _)| n == r));
 }
 
 fn schedule_checks(

@@ -30,6 +30,7 @@ pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod health;
+pub mod limits;
 pub mod resilience;
 pub mod routing;
 pub mod server;

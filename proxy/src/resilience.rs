@@ -142,6 +142,15 @@ impl Tries {
 }
 
 impl RouteRuntime {
+    /// The answer when no endpoint can be chosen.
+    pub fn no_endpoint(&self, why: NoEndpoint) -> crate::error::ProxyError {
+        let cluster = self.cfg.cluster.clone();
+        match why {
+            NoEndpoint::None => crate::error::ProxyError::NoEndpoint { cluster },
+            NoEndpoint::CircuitOpen => crate::error::ProxyError::CircuitOpen { cluster },
+        }
+    }
+
     /// An original request arrives: it earns retry budget.
     pub fn deposit(&self, worker: usize, now: Nanos) {
         self.guard.budget(worker).deposit(now);

@@ -12,7 +12,8 @@ use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
-use crate::resilience::{NoEndpoint, Tries, TryEnd, TryFailure};
+use crate::limits::{self, Admit};
+use crate::resilience::{Tries, TryEnd, TryFailure};
 use crate::routing;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
@@ -114,6 +115,11 @@ fn error_response(
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(&X_REQUEST_ID, rid.clone());
+    for (name, value) in err.extra_headers() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
     resp
 }
 
@@ -179,21 +185,34 @@ pub async fn handle(
         }
     }
 
-    let input = PickInput::new(t0, w.id, route.key_hash(req.headers(), conn.client.ip()));
+    let client_ip = conn.client.ip();
+    let prio = limits::priority(&route.cfg, &snap.config, client_ip, || {
+        req.headers()
+            .get(&headers::X_PRIORITY)
+            .map(|v| v.as_bytes())
+    });
+    let hdrs = req.headers();
+    let admitted = route.admit(
+        w.id,
+        prio,
+        |n| hdrs.get(n).map(|v| v.as_bytes()),
+        client_ip,
+        t0,
+    );
+    let permit = match admitted {
+        Admit::Go(p) => p,
+        Admit::Wait(wait) => match route.wait_admission(w.id, prio, wait).await {
+            Ok(p) => Some(p),
+            Err(err) => return local_error(&w, &snap, route_scope, err, &rid, t0),
+        },
+        Admit::Refuse(err) => return local_error(&w, &snap, route_scope, err, &rid, t0),
+    };
+
+    let input = PickInput::new(t0, w.id, route.key_hash(req.headers(), client_ip));
     let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
     let (mut ei, mut probe) = match route.choose(&mut tries, &mut rng) {
         Ok(x) => x,
-        Err(why) => {
-            let err = match why {
-                NoEndpoint::None => ProxyError::NoEndpoint {
-                    cluster: route.cfg.cluster.clone(),
-                },
-                NoEndpoint::CircuitOpen => ProxyError::CircuitOpen {
-                    cluster: route.cfg.cluster.clone(),
-                },
-            };
-            return local_error(&w, &snap, route_scope, err, &rid, t0);
-        }
+        Err(why) => return local_error(&w, &snap, route_scope, route.no_endpoint(why), &rid, t0),
     };
     route.deposit(w.id, t0);
 
@@ -394,6 +413,7 @@ pub async fn handle(
     headers::strip_hop_by_hop(h, switching);
     headers::apply_ops(h, &route.cfg.response_headers);
     h.insert(&X_REQUEST_ID, rid);
+    guard.permit = permit;
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }

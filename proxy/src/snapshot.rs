@@ -26,6 +26,8 @@ pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("routes.{route}.rate_limits.{limit}: the route has no rate limit of that name")]
+    PolicyUnknownLimit { route: String, limit: String },
     #[error("routes.{route}: the policy names a route the config does not have")]
     PolicyUnknownRoute { route: String },
     #[error("routes.{route}.upstream_weights.{endpoint}: not an endpoint of cluster {cluster:?}")]
@@ -66,6 +68,8 @@ pub struct RouteRuntime {
     pub outlier: crate::guard::outlier::OutlierConfig,
     /// Retry budgets; survive snapshots.
     pub guard: Arc<crate::resilience::RouteGuard>,
+    /// Rate limits and the concurrency limit.
+    pub limits: crate::limits::RouteLimits,
 }
 
 impl RouteRuntime {
@@ -156,6 +160,7 @@ pub struct Registries {
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     clients: Mutex<HashMap<String, Arc<ClusterClients>>>,
     route_guards: Mutex<HashMap<String, Arc<crate::resilience::RouteGuard>>>,
+    pub limits: crate::limits::LimitRegistry,
 }
 
 impl Registries {
@@ -239,6 +244,20 @@ pub fn build(
         };
         let overrides = policy.as_ref().and_then(|p| p.routes.get(&rc.name));
         if let Some(o) = overrides {
+            for limit in o.rate_limits.keys() {
+                if !rc.rate_limits.iter().any(|l| &l.name == limit) {
+                    if strict {
+                        return Err(BuildError::PolicyUnknownLimit {
+                            route: rc.name.clone(),
+                            limit: limit.clone(),
+                        });
+                    }
+                    warnings.push(format!(
+                        "policy rate limit {limit:?} of route {:?} is not in the config; ignored",
+                        rc.name
+                    ));
+                }
+            }
             for ep in o.upstream_weights.keys() {
                 if !cluster.endpoints.iter().any(|e| &e.address == ep) {
                     if strict {
@@ -315,16 +334,18 @@ pub fn build(
             upstream: None,
         };
         live_scopes.insert(route_scope.clone());
+        let mut budget = rc.retry.budget();
+        if let Some(pct) = overrides.and_then(|o| o.retry_budget_percent) {
+            budget.ratio = pct / 100.0;
+        }
         let guard = route_guards
             .entry(rc.name.clone())
-            .or_insert_with(|| {
-                Arc::new(crate::resilience::RouteGuard::new(
-                    workers,
-                    rc.retry.budget(),
-                ))
-            })
+            .or_insert_with(|| Arc::new(crate::resilience::RouteGuard::new(workers, budget)))
             .clone();
-        guard.reconfigure(rc.retry.budget());
+        guard.reconfigure(budget);
+        let limits = reg
+            .limits
+            .route(rc, overrides, config.global_limits.lease_interval, clock);
         live_guards.insert(rc.name.clone());
         routes.push(RouteRuntime {
             cfg: rc.clone(),
@@ -344,6 +365,7 @@ pub fn build(
             hash_on: cluster.hash_on.clone(),
             outlier: cluster.outlier,
             guard,
+            limits,
         });
     }
     let unmatched_scope = Scope {
@@ -358,6 +380,7 @@ pub fn build(
     *clients_map = new_clients;
     endpoints_map.retain(|k, _| live_endpoints.contains(k));
     route_guards.retain(|k, _| live_guards.contains(k));
+    reg.limits.retain();
     reg.stats.retain(&live_scopes);
 
     Ok(Built {

@@ -324,12 +324,14 @@ where
     false
 }
 
-/// What one paced request saw: when it was sent (since the start) and its status (0: a
-/// transport error).
+/// What one paced request saw: when it was sent (since the start), its index, its status
+/// (0: a transport error) and how long the answer took.
 #[derive(Debug, Clone)]
 pub struct Shot {
     pub at: Duration,
+    pub n: u64,
     pub status: u16,
+    pub latency: Duration,
     pub detail: String,
 }
 
@@ -341,14 +343,35 @@ pub async fn paced<F: FnMut(Duration)>(
     url: String,
     rate: f64,
     duration: Duration,
-    mut during: F,
+    during: F,
 ) -> Vec<Shot> {
+    let make = move |_| {
+        http::Request::get(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    paced_with(client, rate, duration, make, during).await
+}
+
+/// [`paced`] with request number `n` built by `make(n)`.
+pub async fn paced_with<M, F>(
+    client: HttpClient,
+    rate: f64,
+    duration: Duration,
+    make: M,
+    mut during: F,
+) -> Vec<Shot>
+where
+    M: Fn(u64) -> http::Request<Full<Bytes>>,
+    F: FnMut(Duration),
+{
     let shots = Arc::new(std::sync::Mutex::new(Vec::new()));
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut next = start;
     let mut last_hook = start;
     let mut tasks = Vec::new();
+    let mut n = 0u64;
     while next < start + duration {
         let now = Instant::now();
         if now < next {
@@ -358,24 +381,37 @@ pub async fn paced<F: FnMut(Duration)>(
             during(start.elapsed());
             last_hook = Instant::now();
         }
-        let (client, url, shots) = (client.clone(), url.clone(), shots.clone());
+        let (client, shots) = (client.clone(), shots.clone());
         let at = next - start;
+        let req = make(n);
         tasks.push(tokio::spawn(async move {
-            let shot = match get(&client, &url).await {
+            let sent = Instant::now();
+            let r = send(&client, req).await;
+            let latency = sent.elapsed();
+            let shot = match r {
                 Ok(r) => Shot {
                     at,
+                    n,
                     status: r.status,
-                    detail: String::from_utf8_lossy(&r.body).chars().take(300).collect(),
+                    latency,
+                    detail: if r.status == 200 {
+                        String::new()
+                    } else {
+                        String::from_utf8_lossy(&r.body).chars().take(300).collect()
+                    },
                 },
                 Err(e) => Shot {
                     at,
+                    n,
                     status: 0,
+                    latency,
                     detail: e,
                 },
             };
             shots.lock().unwrap().push(shot);
         }));
         next += period;
+        n += 1;
     }
     for t in tasks {
         let _ = t.await;
@@ -383,6 +419,69 @@ pub async fn paced<F: FnMut(Duration)>(
     let mut v = std::mem::take(&mut *shots.lock().unwrap());
     v.sort_by_key(|s| s.at);
     v
+}
+
+/// The `q` quantile (0..=1) of some latencies.
+pub fn quantile(mut v: Vec<Duration>, q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// A private `redis-server` on a free port (never the shared 6379), killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer { child: None, port };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Start (again) on the same port, and wait until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A `vivremotion demo-upstream` in its own process, killed on drop.
@@ -393,9 +492,15 @@ pub struct UpstreamProcess {
 
 impl UpstreamProcess {
     pub fn start(name: &str, latency_ms: f64) -> UpstreamProcess {
+        Self::start_with(name, latency_ms, &[])
+    }
+
+    /// With more `demo-upstream` arguments, e.g. `["--max-concurrent", "10"]`.
+    pub fn start_with(name: &str, latency_ms: f64, args: &[&str]) -> UpstreamProcess {
         let mut child = Command::new(BIN)
             .args(["demo-upstream", "--listen", "127.0.0.1:0", "--name", name])
             .args(["--latency-ms", &latency_ms.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -3,6 +3,7 @@
 //! path (`routes[2].cluster`, `clusters.api.connect_timeout`) and the reason, and validation
 //! reports all the errors it finds, not just the first.
 
+pub mod admission;
 pub mod guard;
 pub mod raw;
 
@@ -68,6 +69,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub routes: Vec<RouteConfig>,
+    pub global_limits: admission::GlobalLimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,6 +84,9 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     #[serde(serialize_with = "ser_duration")]
     pub header_read_timeout: Duration,
+    /// Clients whose `x-priority` header is believed.
+    #[serde(serialize_with = "ser_display_list")]
+    pub trusted_priority_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -174,6 +179,10 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub max_body_bytes: u64,
     pub retry: guard::RetryConfig,
+    /// Class of this route's requests (trusted clients may override it with `x-priority`).
+    pub priority: vivremotion_protocol::telemetry::Priority,
+    pub rate_limits: Vec<admission::RateLimitConfig>,
+    pub concurrency: Option<admission::ConcurrencyConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -249,7 +258,17 @@ pub(crate) fn ser_opt_duration<S: serde::Serializer>(
     }
 }
 
-fn ser_header_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+fn ser_display_list<S: serde::Serializer, T: fmt::Display>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+pub(crate) fn ser_header_name<S: serde::Serializer>(
+    n: &HeaderName,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(n.as_str())
 }
 
@@ -321,14 +340,19 @@ impl Config {
 pub(crate) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             reason: reason.into(),
         });
     }
 
-    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
@@ -344,7 +368,14 @@ impl Errors {
         }
     }
 
-    fn range_u32(&mut self, path: &str, v: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
+    pub(super) fn range_u32(
+        &mut self,
+        path: &str,
+        v: Option<u32>,
+        default: u32,
+        lo: u32,
+        hi: u32,
+    ) -> u32 {
         match v {
             None => default,
             Some(n) if (lo..=hi).contains(&n) => n,
@@ -355,7 +386,14 @@ impl Errors {
         }
     }
 
-    fn range_f64(&mut self, path: &str, v: Option<f64>, default: f64, lo: f64, hi: f64) -> f64 {
+    pub(super) fn range_f64(
+        &mut self,
+        path: &str,
+        v: Option<f64>,
+        default: f64,
+        lo: f64,
+        hi: f64,
+    ) -> f64 {
         match v {
             None => default,
             Some(x) if x.is_finite() && (lo..=hi).contains(&x) => x,
@@ -381,7 +419,7 @@ impl Errors {
         }
     }
 
-    fn header_name(&mut self, path: &str, s: &str) -> Option<HeaderName> {
+    pub(super) fn header_name(&mut self, path: &str, s: &str) -> Option<HeaderName> {
         match HeaderName::from_bytes(s.as_bytes()) {
             Ok(n) => Some(n),
             Err(_) => {
@@ -465,6 +503,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             &raw.proxy.header_read_timeout,
             Duration::from_secs(30),
         ),
+        trusted_priority_from: admission::trusted(
+            "proxy.trusted_priority_from",
+            &raw.proxy.trusted_priority_from,
+            &mut errs,
+        ),
     };
     if proxy.header_read_timeout.is_zero() {
         errs.push("proxy.header_read_timeout", "must be greater than zero");
@@ -496,6 +539,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let listeners = validate_listeners(&raw.listeners, &admin, &mut errs);
     let clusters = validate_clusters(&raw.clusters, &mut errs);
     let routes = validate_routes(&raw.routes, &clusters, &mut errs);
+    let global_limits = admission::global_limits(&raw.global_limits, &mut errs);
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -505,6 +549,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listeners,
             clusters,
             routes,
+            global_limits,
         })
     } else {
         Err(ConfigError::Invalid(errs.0))
@@ -796,6 +841,9 @@ fn validate_routes(
             timeout,
             max_body_bytes: r.max_body_bytes.unwrap_or(10 * 1024 * 1024),
             retry: guard::retry(&base, &r.retry, errs),
+            priority: admission::priority(&format!("{base}.priority"), &r.priority, errs),
+            rate_limits: admission::rate_limits(&base, &r.rate_limits, errs),
+            concurrency: admission::concurrency(&base, &r.concurrency, errs),
         });
     }
     out

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub global_limits: super::admission::RawGlobalLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -30,6 +32,7 @@ pub struct RawProxy {
     pub drain_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub header_read_timeout: Option<String>,
+    pub trusted_priority_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -164,6 +167,10 @@ pub struct RawRoute {
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub retry: super::guard::RawRetry,
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub rate_limits: Vec<super::admission::RawRateLimit>,
+    pub concurrency: Option<super::admission::RawConcurrency>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

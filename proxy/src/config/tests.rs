@@ -218,3 +218,93 @@ retry = { retries = 11, on = ["connect", "teapot"], per_try_timeout = "0s", budg
         );
     }
 }
+
+#[test]
+fn admission_settings_have_defaults_and_checked_paths() {
+    use crate::config::admission::{KeyPart, LimitMode, OnStoreDown};
+    use vivremotion_protocol::telemetry::Priority;
+    let c = Config::parse(MINIMAL).unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.priority, Priority::Default);
+    assert!(r.rate_limits.is_empty() && r.concurrency.is_none());
+    assert!(c.proxy.trusted_priority_from.is_empty());
+    assert!(c.global_limits.redis_url.is_none());
+
+    let c = Config::parse(
+        r#"
+[proxy]
+trusted_priority_from = ["10.0.0.0/8", "127.0.0.1"]
+
+[clusters.backend]
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+cluster = "backend"
+priority = "critical"
+rate_limits = [
+  { name = "k", key = ["client_ip", "header:x-api-key"], rate = 50.0 },
+  { name = "g", rate = 1000.0, burst = 10, global = true, on_store_down = "closed" },
+]
+concurrency = { limit = 40, shed_at = { sheddable = 0.5 } }
+"#,
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.priority, Priority::Critical);
+    assert_eq!(c.proxy.trusted_priority_from.len(), 2);
+    let k = &r.rate_limits[0];
+    assert_eq!(k.burst, 5, "default burst: a tenth of a second");
+    assert_eq!(k.key[0], KeyPart::ClientIp);
+    assert!(!k.global);
+    let g = &r.rate_limits[1];
+    assert!(g.global && g.on_store_down == OnStoreDown::Closed);
+    assert_eq!(g.key, [KeyPart::Route]);
+    let cc = r.concurrency.as_ref().unwrap();
+    assert_eq!(cc.limit, LimitMode::Fixed(40));
+    assert_eq!(cc.shed_at, [1.0, 0.9, 0.5]);
+
+    let errs = errors_of(
+        r#"
+[proxy]
+trusted_priority_from = ["10.0.0.0/33"]
+
+[global_limits]
+redis_url = "http://localhost"
+lease_interval = "5s"
+
+[clusters.backend]
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+cluster = "backend"
+priority = "urgent"
+rate_limits = [
+  { name = "a b", rate = 0.0, key = ["cookie"] },
+  { name = "x", rate = 1.0, local_share = 0.3 },
+  { name = "x", rate = 1.0, key = ["header:bad header"], global = true, on_store_down = "maybe" },
+]
+concurrency = { limit = "lots", shed_at = { critical = 0.5, default = 0.9 }, max_wait = "2m" }
+"#,
+    );
+    for want in [
+        "proxy.trusted_priority_from[0]",
+        "global_limits.redis_url",
+        "global_limits.lease_interval",
+        "routes[0].priority",
+        "routes[0].rate_limits[0].name",
+        "routes[0].rate_limits[0].rate",
+        "routes[0].rate_limits[0].key[0]",
+        "routes[0].rate_limits[1].global",
+        "routes[0].rate_limits[2].name",
+        "routes[0].rate_limits[2].key[0]",
+        "routes[0].rate_limits[2].on_store_down",
+        "routes[0].concurrency.limit",
+        "routes[0].concurrency.shed_at",
+        "routes[0].concurrency.max_wait",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "no error for {want}: {errs:#?}"
+        );
+    }
+}

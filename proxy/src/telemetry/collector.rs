@@ -4,7 +4,9 @@ use super::recorder::{Ctr, ScopeStats, StatsRegistry, Totals};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use vivremotion_protocol::sketch::LatencySketch;
-use vivremotion_protocol::telemetry::{ErrorCounts, Scope, StatusCounts, Telemetry};
+use vivremotion_protocol::telemetry::{
+    Admission, ErrorCounts, PerPriority, Priority, Scope, StatusCounts, Telemetry,
+};
 
 /// Assembles windows. Owned by the tick task; nothing here is touched by the request path.
 pub struct Collector {
@@ -94,8 +96,16 @@ impl Collector {
             w.resilience.retry_budget_exhausted = d(Ctr::RetryBudgetExhausted);
             w.resilience.ejections = d(Ctr::Ejections);
             w.resilience.breaker_trips = d(Ctr::BreakerTrips);
-            // Admission control arrives with limits; until then every request is admitted.
-            w.admission.admitted.default = w.requests;
+            let per = |f: fn(Priority) -> Ctr| PerPriority {
+                critical: d(f(Priority::Critical)),
+                default: d(f(Priority::Default)),
+                sheddable: d(f(Priority::Sheddable)),
+            };
+            w.admission = Admission {
+                admitted: per(Ctr::admitted),
+                limited: per(Ctr::limited),
+                shed: per(Ctr::shed),
+            };
             out.push(w);
             *prev = now;
         }

@@ -8,6 +8,7 @@ use super::recorder::{Ctr, ScopeStats};
 use std::fmt::Write;
 use std::sync::Arc;
 use vivremotion_protocol::sketch::bucket_upper_bound;
+use vivremotion_protocol::telemetry::Priority;
 
 /// Histogram bucket bounds in seconds.
 pub const LATENCY_BUCKETS_S: &[f64] = &[
@@ -63,6 +64,27 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
             let v = t.get(c);
             if v > 0 {
                 let _ = writeln!(out, "vivremotion_proxy_{name}{{{l}}} {v}");
+            }
+        }
+    }
+
+    let _ = writeln!(out, "# HELP vivremotion_proxy_admission_total Admission decisions by route, priority and outcome (admitted; limited: 429 by a rate limit; shed: 503 by the concurrency limit).");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_admission_total counter");
+    for (l, t) in &totals {
+        for p in Priority::ALL {
+            for (outcome, c) in [
+                ("admitted", Ctr::admitted(p)),
+                ("limited", Ctr::limited(p)),
+                ("shed", Ctr::shed(p)),
+            ] {
+                let v = t.get(c);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "vivremotion_proxy_admission_total{{{l},priority=\"{}\",outcome=\"{outcome}\"}} {v}",
+                        p.as_str()
+                    );
+                }
             }
         }
     }

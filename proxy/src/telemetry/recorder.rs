@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use vivremotion_protocol::sketch::{bucket_index, DENSE_BUCKETS};
-use vivremotion_protocol::telemetry::Scope;
+use vivremotion_protocol::telemetry::{Priority, Scope};
 
 /// Counter slots in a shard.
 #[derive(Debug, Clone, Copy)]
@@ -34,9 +34,42 @@ pub enum Ctr {
     Ejections,
     /// Endpoint scope: circuit breaker trips.
     BreakerTrips,
+    /// Route scope, by priority (critical, default, sheddable): admitted past admission
+    /// control, refused by a rate limit (429), shed by the concurrency limit (503).
+    AdmittedCritical,
+    AdmittedDefault,
+    AdmittedSheddable,
+    LimitedCritical,
+    LimitedDefault,
+    LimitedSheddable,
+    ShedCritical,
+    ShedDefault,
+    ShedSheddable,
 }
 
-pub const NUM_COUNTERS: usize = Ctr::BreakerTrips as usize + 1;
+pub const NUM_COUNTERS: usize = Ctr::ShedSheddable as usize + 1;
+
+impl Ctr {
+    pub fn admitted(p: Priority) -> Ctr {
+        [
+            Ctr::AdmittedCritical,
+            Ctr::AdmittedDefault,
+            Ctr::AdmittedSheddable,
+        ][p as usize]
+    }
+
+    pub fn limited(p: Priority) -> Ctr {
+        [
+            Ctr::LimitedCritical,
+            Ctr::LimitedDefault,
+            Ctr::LimitedSheddable,
+        ][p as usize]
+    }
+
+    pub fn shed(p: Priority) -> Ctr {
+        [Ctr::ShedCritical, Ctr::ShedDefault, Ctr::ShedSheddable][p as usize]
+    }
+}
 
 /// What happened to one request, recorded when it is finished.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,621 @@
+//! Admission control on the request path: rate limits (local GCRA, or global leases from a
+//! shared store) and the route's concurrency limit with priority shedding.
+//!
+//! A snapshot compiles each route's config + policy into [`RouteLimits`]; their state (GCRA
+//! tables, lease books, in-flight counters) lives in [`LimitRegistry`] and survives snapshots.
+//! Both request paths call [`RouteLimits::admit`] after routing and before choosing an
+//! endpoint.
+
+pub mod concurrency;
+pub mod lease;
+pub mod redis;
+pub mod store;
+
+use crate::balance::hash::hash64;
+use crate::config::admission::{ConcurrencyConfig, KeyPart, LimitMode};
+use crate::config::{Config, RouteConfig};
+use crate::error::ProxyError;
+use crate::guard::gcra::{Gcra, KeyedGcra};
+use crate::telemetry::recorder::Ctr;
+use concurrency::{Acquire, ConcurrencyLimiter, Params, Permit, Wait};
+use http::header::HeaderName;
+use lease::{LeaseBook, LeaseParams, Spend};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Give, LeaseStore, Take};
+use vivremotion_protocol::policy::RoutePolicy;
+use vivremotion_protocol::telemetry::Priority;
+use vivremotion_protocol::{Clock, Nanos};
+
+/// Keys per local limit before the least recently useful ones are forgotten.
+const LOCAL_MAX_KEYS: usize = 100_000;
+
+enum Kind {
+    Local(Arc<KeyedGcra>),
+    Global(Arc<LeaseBook>),
+}
+
+pub struct RateLimiter {
+    pub name: String,
+    key: Vec<KeyPart>,
+    gcra: Gcra,
+    kind: Kind,
+    /// `RateLimit-Policy` field value.
+    policy_field: String,
+}
+
+/// What admission decided.
+pub enum Admit {
+    /// Go; hold the permit (if the route limits concurrency) until the response is done.
+    Go(Option<Permit>),
+    /// Wait for a concurrency slot, then go (or be shed).
+    Wait(Wait),
+    /// Refuse with this error (429 rate limited, 503 overloaded).
+    Refuse(ProxyError),
+}
+
+pub struct RouteLimits {
+    route: String,
+    pub rate: Box<[RateLimiter]>,
+    pub concurrency: Option<Arc<ConcurrencyLimiter>>,
+    retry_after: Duration,
+    lease_interval: Duration,
+}
+
+impl RouteLimits {
+    pub fn is_empty(&self) -> bool {
+        self.rate.is_empty() && self.concurrency.is_none()
+    }
+
+    /// Decide a request of priority `p`. `header` looks up a request header's first value.
+    pub fn admit<'a>(
+        &self,
+        p: Priority,
+        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
+        client: IpAddr,
+        now: Nanos,
+    ) -> Admit {
+        for rl in self.rate.iter() {
+            let key = rl.key_hash(&header, client, &self.route);
+            let refused = match &rl.kind {
+                Kind::Local(keys) => {
+                    let v = keys.check(&rl.gcra, &key, now, 1);
+                    (!v.allowed).then_some((v.retry_after, v.remaining, v.reset))
+                }
+                Kind::Global(book) => match book.spend(key, now, self.lease_interval) {
+                    Spend::Leased { .. } | Spend::Fallback { allowed: true, .. } => None,
+                    Spend::Fallback { retry_after, .. } | Spend::Denied { retry_after } => {
+                        Some((retry_after, 0, retry_after))
+                    }
+                },
+            };
+            if let Some((retry_after, remaining, reset)) = refused {
+                return Admit::Refuse(ProxyError::RateLimited {
+                    route: self.route.clone(),
+                    limit: rl.name.clone(),
+                    retry_after,
+                    policy: rl.policy_field.clone(),
+                    state: format!(
+                        "\"{}\";r={remaining};t={}",
+                        rl.name,
+                        crate::error::retry_after_secs(reset.max(retry_after))
+                    ),
+                });
+            }
+        }
+        let Some(c) = &self.concurrency else {
+            return Admit::Go(None);
+        };
+        match c.acquire(p, now) {
+            Acquire::Now(permit) => Admit::Go(Some(permit)),
+            Acquire::Wait(w) => Admit::Wait(w),
+            Acquire::Shed => Admit::Refuse(self.overloaded(p)),
+        }
+    }
+
+    /// The 503 a shed request gets.
+    pub fn overloaded(&self, p: Priority) -> ProxyError {
+        ProxyError::Overloaded {
+            route: self.route.clone(),
+            priority: p.as_str(),
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+impl RateLimiter {
+    fn key_hash<'a>(
+        &self,
+        header: &impl Fn(&HeaderName) -> Option<&'a [u8]>,
+        client: IpAddr,
+        route: &str,
+    ) -> u64 {
+        // Stable across processes: global limits name their store key by it.
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        for part in &self.key {
+            h = match part {
+                // An IPv4 client over an IPv6 socket is the same client.
+                KeyPart::ClientIp => match client.to_canonical() {
+                    IpAddr::V4(a) => hash64(&a.octets(), h ^ 1),
+                    IpAddr::V6(a) => hash64(&a.octets(), h ^ 1),
+                },
+                KeyPart::Route => hash64(route.as_bytes(), h ^ 2),
+                // A missing header is its own key: such requests share one bucket.
+                KeyPart::Header(n) => match header(n) {
+                    Some(v) => hash64(v, h ^ 3),
+                    None => hash64(b"", h ^ 4),
+                },
+            };
+        }
+        h
+    }
+}
+
+impl crate::snapshot::RouteRuntime {
+    /// Admission for a request of priority `p` on this route, counted by class in the
+    /// route's telemetry (admitted, limited, shed).
+    pub fn admit<'a>(
+        &self,
+        worker: usize,
+        p: Priority,
+        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
+        client: IpAddr,
+        now: Nanos,
+    ) -> Admit {
+        let a = self.limits.admit(p, header, client, now);
+        match &a {
+            Admit::Go(_) => self.route_stats.add(worker, Ctr::admitted(p), 1),
+            Admit::Refuse(e) => self.count_refused(worker, p, e),
+            Admit::Wait(_) => {}
+        }
+        a
+    }
+
+    /// Wait in the route's queue; counted as admitted or shed.
+    pub async fn wait_admission(
+        &self,
+        worker: usize,
+        p: Priority,
+        w: Wait,
+    ) -> Result<Permit, ProxyError> {
+        match w.wait().await {
+            Some(permit) => {
+                self.route_stats.add(worker, Ctr::admitted(p), 1);
+                Ok(permit)
+            }
+            None => {
+                let e = self.limits.overloaded(p);
+                self.count_refused(worker, p, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn count_refused(&self, worker: usize, p: Priority, e: &ProxyError) {
+        let c = match e {
+            ProxyError::RateLimited { .. } => Ctr::limited(p),
+            _ => Ctr::shed(p),
+        };
+        self.route_stats.add(worker, c, 1);
+    }
+}
+
+/// The priority of a request: the route's, unless a trusted client says otherwise.
+pub fn priority<'a>(
+    route: &RouteConfig,
+    config: &Config,
+    client: IpAddr,
+    header: impl FnOnce() -> Option<&'a [u8]>,
+) -> Priority {
+    let trusted = &config.proxy.trusted_priority_from;
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&client)) {
+        return route.priority;
+    }
+    header()
+        .and_then(crate::config::admission::parse_priority)
+        .unwrap_or(route.priority)
+}
+
+/// `RateLimit-Policy` for a limit: quota `q` per window `w` seconds (draft-ietf-httpapi-
+/// ratelimit-headers). Sub-1/s rates get a window long enough for a whole request.
+fn policy_field(name: &str, rate: f64) -> String {
+    let w = if rate >= 1.0 {
+        1.0
+    } else {
+        (1.0 / rate).ceil()
+    };
+    format!("\"{name}\";q={};w={}", (rate * w).floor().max(1.0), w)
+}
+
+/// Limiter state that outlives snapshots.
+#[derive(Default)]
+pub struct LimitRegistry {
+    local: Mutex<HashMap<(String, String), Arc<KeyedGcra>>>,
+    global: Mutex<HashMap<(String, String), Arc<LeaseBook>>>,
+    concurrency: Mutex<HashMap<String, Arc<ConcurrencyLimiter>>>,
+    /// Limiters used by the snapshot being built; the rest go at [`Self::retain`].
+    seen: Mutex<HashSet<(String, String)>>,
+}
+
+impl LimitRegistry {
+    /// Every lease book, for the leaser and metrics.
+    pub fn books(&self) -> Vec<((String, String), Arc<LeaseBook>)> {
+        let m = self.global.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, b)| (k.clone(), b.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every route's concurrency limiter.
+    pub fn limiters(&self) -> Vec<(String, Arc<ConcurrencyLimiter>)> {
+        let m = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, l)| (k.clone(), l.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Compile a route's limits from its config and the policy's overrides.
+    pub fn route(
+        &self,
+        rc: &RouteConfig,
+        policy: Option<&RoutePolicy>,
+        lease_interval: Duration,
+        clock: &Arc<dyn Clock>,
+    ) -> RouteLimits {
+        let mut rate = Vec::with_capacity(rc.rate_limits.len());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for l in &rc.rate_limits {
+            let (r, burst) = match policy.and_then(|p| p.rate_limits.get(&l.name)) {
+                Some(o) => (o.requests_per_second, o.burst.max(1)),
+                None => (l.rate, l.burst),
+            };
+            let id = (rc.name.clone(), l.name.clone());
+            seen.insert(id.clone());
+            let kind = if l.global {
+                let params = LeaseParams {
+                    rate: r,
+                    burst,
+                    on_store_down: l.on_store_down,
+                    local_share: l.local_share,
+                };
+                let mut m = self.global.lock().unwrap_or_else(|e| e.into_inner());
+                let book = m
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(LeaseBook::new(&rc.name, &l.name, params)))
+                    .clone();
+                book.set_params(params);
+                Kind::Global(book)
+            } else {
+                let mut m = self.local.lock().unwrap_or_else(|e| e.into_inner());
+                Kind::Local(
+                    m.entry(id)
+                        .or_insert_with(|| Arc::new(KeyedGcra::new(LOCAL_MAX_KEYS)))
+                        .clone(),
+                )
+            };
+            rate.push(RateLimiter {
+                name: l.name.clone(),
+                key: l.key.clone(),
+                gcra: Gcra::new(r, burst),
+                kind,
+                policy_field: policy_field(&l.name, r),
+            });
+        }
+        // A policy may limit a route the config leaves unlimited: defaults for the rest.
+        let policy_limit = policy.and_then(|p| p.concurrency_limit);
+        let configured = rc
+            .concurrency
+            .clone()
+            .or_else(|| policy_limit.map(ConcurrencyConfig::fixed));
+        let concurrency = configured.as_ref().map(|c| {
+            seen.insert((rc.name.clone(), String::new()));
+            let fixed = match (policy_limit, c.limit) {
+                (Some(n), _) => Some(n.max(1)),
+                (None, LimitMode::Fixed(n)) => Some(n),
+                (None, LimitMode::Adaptive) => None,
+            };
+            let mut shed_at = c.shed_at;
+            if let Some(p) = policy {
+                for (prio, t) in &p.shed_threshold {
+                    shed_at[*prio as usize] = t.clamp(0.0, 1.0);
+                }
+            }
+            let params = Params {
+                fixed,
+                gradient: c.gradient,
+                queue: c.queue,
+                max_wait: c.max_wait,
+                shed_at,
+            };
+            let mut m = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+            let lim = m
+                .entry(rc.name.clone())
+                .or_insert_with(|| ConcurrencyLimiter::new(clock.clone(), &params))
+                .clone();
+            lim.configure(&params);
+            lim
+        });
+        RouteLimits {
+            route: rc.name.clone(),
+            rate: rate.into(),
+            concurrency,
+            retry_after: configured
+                .as_ref()
+                .map_or(Duration::from_secs(1), |c| c.retry_after),
+            lease_interval,
+        }
+    }
+
+    /// Forget the state of limits the snapshot just built does not use.
+    pub fn retain(&self) {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| seen.contains(k));
+        self.global
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| seen.contains(k));
+        self.concurrency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| seen.contains(&(k.clone(), String::new())));
+    }
+}
+
+/// Prometheus families of the limiters' state.
+pub fn render_metrics(out: &mut String, reg: &LimitRegistry) {
+    use crate::telemetry::prometheus::escape;
+    use std::fmt::Write;
+    let limiters = reg.limiters();
+    type Gauge = fn(&ConcurrencyLimiter) -> u32;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "concurrency_limit",
+            "The route's current concurrency limit (fixed, from policy, or adaptive).",
+            ConcurrencyLimiter::limit,
+        ),
+        (
+            "concurrency_in_flight",
+            "Requests holding a concurrency slot of the route.",
+            ConcurrencyLimiter::in_flight,
+        ),
+        (
+            "concurrency_queued",
+            "Requests waiting for a concurrency slot of the route.",
+            ConcurrencyLimiter::waiting,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} gauge");
+        for (route, l) in &limiters {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_{name}{{route=\"{}\"}} {}",
+                escape(route),
+                f(l)
+            );
+        }
+    }
+    let books = reg.books();
+    type Family = fn(&LeaseBook) -> u64;
+    let families: [(&str, &str, &str, Family); 5] = [
+        (
+            "rate_limit_store_up",
+            "gauge",
+            "1 if the global rate limit's store answered the last lease request.",
+            |b| u64::from(b.store_up()),
+        ),
+        (
+            "rate_limit_store_errors_total",
+            "counter",
+            "Lease rounds of a global rate limit that failed (store unreachable or slow).",
+            |b| b.store_errors.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "rate_limit_fallback_total",
+            "counter",
+            "Requests a global rate limit decided locally (no lease yet, or store down).",
+            |b| {
+                b.fallback_decisions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+        ),
+        (
+            "rate_limit_leased_tokens_total",
+            "counter",
+            "Tokens this instance leased from the shared store.",
+            |b| b.leased_total.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "rate_limit_returned_tokens_total",
+            "counter",
+            "Unused leased tokens given back to the shared store.",
+            |b| b.returned_total.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, f) in families {
+        let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} {kind}");
+        for ((route, limit), b) in &books {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_{name}{{route=\"{}\",limit=\"{}\"}} {}",
+                escape(route),
+                escape(limit),
+                f(b)
+            );
+        }
+    }
+}
+
+/// The admission state of every route, for `GET /api/v1/limits`.
+pub fn describe(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
+    use serde_json::json;
+    let routes: Vec<_> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            let rate: Vec<_> = r
+                .cfg
+                .rate_limits
+                .iter()
+                .zip(r.limits.rate.iter())
+                .map(|(cfg, rl)| {
+                    let mut v = json!({
+                        "name": rl.name,
+                        "key": cfg.key,
+                        "rate": rl.gcra.rate(),
+                        "burst": rl.gcra.burst(),
+                        "from_policy": (rl.gcra.rate(), rl.gcra.burst()) != (cfg.rate, cfg.burst),
+                        "global": cfg.global,
+                        "ratelimit_policy": rl.policy_field,
+                    });
+                    match &rl.kind {
+                        Kind::Local(keys) => {
+                            v["keys"] = json!(keys.len());
+                        }
+                        Kind::Global(b) => {
+                            let p = b.params();
+                            v["keys"] = json!(b.keys());
+                            v["store_up"] = json!(b.store_up());
+                            v["on_store_down"] = json!(p.on_store_down);
+                            v["local_share"] = json!(p.local_share);
+                            v["store_key_prefix"] = json!(b.prefix());
+                        }
+                    }
+                    v
+                })
+                .collect();
+            let concurrency = r.limits.concurrency.as_ref().map(|c| {
+                json!({
+                    "mode": if c.is_adaptive() { "adaptive" } else { "fixed" },
+                    "limit": c.limit(),
+                    "in_flight": c.in_flight(),
+                    "queued": c.waiting(),
+                    "baseline_ms": c.baseline().map(|d| d.as_secs_f64() * 1e3),
+                })
+            });
+            json!({
+                "route": r.cfg.name,
+                "priority": r.cfg.priority,
+                "rate_limits": rate,
+                "concurrency": concurrency,
+                "shed_at": r.cfg.concurrency.as_ref().map(|c| json!({
+                    "critical": c.shed_at[0], "default": c.shed_at[1], "sheddable": c.shed_at[2],
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "trusted_priority_from": snap.config.proxy.trusted_priority_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "routes": routes,
+    })
+}
+
+/// One round of the leaser: plan every book, one store call for all takes, settle, return
+/// what is not needed. Store failures are counted in each book (its fallback takes over).
+pub async fn lease_round(books: &[Arc<LeaseBook>], store: &dyn LeaseStore, interval: Duration) {
+    let mut plans: Vec<Vec<(u64, Take)>> = Vec::with_capacity(books.len());
+    let mut gives: Vec<Give> = Vec::new();
+    for b in books {
+        let mut takes = Vec::new();
+        b.plan(interval, &mut takes, &mut gives);
+        plans.push(takes);
+    }
+    let all: Vec<Take> = plans
+        .iter()
+        .flat_map(|p| p.iter().map(|(_, t)| t.clone()))
+        .collect();
+    let result = if all.is_empty() {
+        Ok(Vec::new())
+    } else {
+        store.take(&all).await
+    };
+    match &result {
+        Ok(grants) if grants.len() == all.len() => {
+            let mut at = 0;
+            for (b, takes) in books.iter().zip(&plans) {
+                b.settle(takes, Ok(&grants[at..at + takes.len()]), &mut gives);
+                at += takes.len();
+            }
+        }
+        other => {
+            if let Err(e) = other {
+                tracing::debug!(error = %e, "global rate limit store failed");
+            }
+            for (b, takes) in books.iter().zip(&plans) {
+                if !takes.is_empty() {
+                    b.settle(takes, Err(()), &mut gives);
+                }
+            }
+            // Tokens that could not go back are simply not returned: the shared bucket
+            // refills by itself, so the only cost is a little under-admission.
+            return;
+        }
+    }
+    if !gives.is_empty() {
+        if let Err(e) = store.give(&gives).await {
+            tracing::debug!(error = %e, "returning unused rate limit tokens failed");
+        }
+    }
+}
+
+/// The leaser: every `global_limits.lease_interval`, one [`lease_round`] for all global
+/// limits. Runs on the control thread; a slow or dead store delays only this loop.
+pub async fn lease_loop(
+    shared: Arc<crate::state::Shared>,
+    store: Arc<dyn LeaseStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut was_up = true;
+    loop {
+        let interval = shared.config().global_limits.lease_interval;
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let books: Vec<Arc<LeaseBook>> = shared
+            .registries
+            .limits
+            .books()
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        if books.is_empty() {
+            continue;
+        }
+        lease_round(&books, &*store, interval).await;
+        let up = books.iter().all(|b| b.store_up());
+        if up != was_up {
+            if up {
+                tracing::info!(
+                    store = store.kind(),
+                    "global rate limit store is back: shared limits apply again"
+                );
+            } else {
+                tracing::warn!(
+                    store = store.kind(),
+                    "global rate limit store unreachable: limits fall back to their local share"
+                );
+            }
+            was_up = up;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_fields_follow_the_draft() {
+        assert_eq!(policy_field("api", 100.0), "\"api\";q=100;w=1");
+        assert_eq!(policy_field("slow", 0.1), "\"slow\";q=1;w=10");
+        assert_eq!(policy_field("x", 2.5), "\"x\";q=2;w=1");
+    }
+}
