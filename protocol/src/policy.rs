@@ -145,11 +145,11 @@ impl Policy {
                 if !rl.requests_per_second.is_finite() {
                     return Err(PolicyError::NotFinite { path });
                 }
-                if rl.requests_per_second <= 0.0 || rl.requests_per_second > 1e9 {
+                if !(1e-6..=1e9).contains(&rl.requests_per_second) {
                     return Err(PolicyError::OutOfRange {
                         path,
                         value: rl.requests_per_second,
-                        min: f64::MIN_POSITIVE,
+                        min: 1e-6,
                         max: 1e9,
                     });
                 }

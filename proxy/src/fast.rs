@@ -221,9 +221,70 @@ struct Refused {
     route: usize,
     err: ProxyError,
     rid: HeaderValue,
-    /// The connection may go on: no body follows the head and the client did not ask to close.
-    keep: bool,
+    body_len: u64,
+    client_close: bool,
+    head_req: bool,
     t0: Nanos,
+}
+
+/// Request bodies up to this size are read and dropped after a refusal, so the connection
+/// can go on (and closing on unread bytes cannot reset the answer away); larger: close.
+const DRAIN_MAX: u64 = 256 * 1024;
+
+/// Answer a refused request; returns whether the connection stays open.
+async fn refuse<IO>(
+    w: &Worker,
+    r: Refused,
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+    wbuf: &mut Vec<u8>,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<bool>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let drained = drain_body(w, io, rbuf, r.body_len).await;
+    let keep = drained && !r.client_close && !*shutdown.borrow();
+    let latency_us = w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
+    let guard = Guard::local(r.snap, ScopeRef::Route(r.route as u32), w.id, outcome());
+    write_error(
+        io, wbuf, &r.err, &r.rid, guard, latency_us, keep, r.head_req,
+    )
+    .await?;
+    Ok(keep)
+}
+
+/// Read and drop a request body of `len` bytes (some may be in `rbuf` already), within the
+/// header read timeout. Returns false if it is too large, late, or the client went away.
+async fn drain_body<IO>(w: &Worker, io: &mut IO, rbuf: &mut BytesMut, len: u64) -> bool
+where
+    IO: AsyncRead + Unpin,
+{
+    let have = (rbuf.len() as u64).min(len);
+    rbuf.advance(have as usize);
+    let mut left = len - have;
+    if left == 0 {
+        return true;
+    }
+    if left > DRAIN_MAX {
+        return false;
+    }
+    let limit = w.shared.snapshot.load().config.proxy.header_read_timeout;
+    let read = async {
+        while left > 0 {
+            rbuf.reserve(16 * 1024);
+            match h1::read_into(io, rbuf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {
+                    let used = (rbuf.len() as u64).min(left);
+                    rbuf.advance(used as usize);
+                    left -= used;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(limit, read).await.unwrap_or(false)
 }
 
 enum Parsed {
@@ -268,7 +329,7 @@ where
         // Polled after the read, so a head that is already buffered never touches the timer wheel.
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
-        let (head_len, plan) = 'head: loop {
+        let (head_len, next) = 'head: loop {
             if rbuf.is_empty() && *shutdown.borrow() {
                 return Served::Done;
             }
@@ -291,29 +352,8 @@ where
                 }
                 if !first {
                     match plan(&w, &peer, &rbuf, max_head) {
-                        Parsed::Go(n, p) => break 'head (n, p),
-                        Parsed::Refuse(n, r) => {
-                            rbuf.advance(n);
-                            first = false;
-                            let keep = r.keep && !*shutdown.borrow();
-                            let latency_us =
-                                w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
-                            let guard = Guard::local(
-                                r.snap.clone(),
-                                ScopeRef::Route(r.route as u32),
-                                w.id,
-                                outcome(),
-                            );
-                            let sent = write_error(
-                                &mut io, &mut wbuf, &r.err, &r.rid, guard, latency_us, keep,
-                            )
-                            .await;
-                            if sent.is_err() || !keep {
-                                let _ = io.shutdown().await;
-                                return Served::Done;
-                            }
-                            continue;
-                        }
+                        Parsed::Go(n, p) => break 'head (n, Ok(p)),
+                        Parsed::Refuse(n, r) => break 'head (n, Err(r)),
                         Parsed::More => {}
                         Parsed::Fallback => return fallback(rbuf, io),
                     }
@@ -334,9 +374,14 @@ where
         first = false;
         rbuf.advance(head_len);
         // An IO error on either side ends the connection.
-        let keep: bool = forward(&w, plan, &mut io, &mut rbuf, &mut wbuf, &shutdown)
-            .await
-            .unwrap_or_default();
+        let keep: bool = match next {
+            Ok(plan) => forward(&w, plan, &mut io, &mut rbuf, &mut wbuf, &shutdown)
+                .await
+                .unwrap_or_default(),
+            Err(r) => refuse(&w, *r, &mut io, &mut rbuf, &mut wbuf, &shutdown)
+                .await
+                .unwrap_or_default(),
+        };
         if !keep {
             let _ = io.shutdown().await;
             return Served::Done;
@@ -456,8 +501,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         _ => headers::new_request_id(rng.random()),
     };
     let client_ip = peer.info.client.ip();
+    let head_req = method == "HEAD";
     let refuse = |err: ProxyError, rid: HeaderValue| {
-        let keep = body_len == 0 && !client_close;
         Parsed::Refuse(
             n,
             Box::new(Refused {
@@ -465,7 +510,9 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
                 route: ri,
                 err,
                 rid,
-                keep,
+                body_len,
+                client_close,
+                head_req,
                 t0,
             }),
         )
@@ -474,7 +521,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let prio = limits::priority(&route.cfg, &snap.config, client_ip, || {
         raw.first("x-priority")
     });
-    let (permit, wait) = match route.admit(w.id, prio, |n| raw.first(n.as_str()), client_ip, t0) {
+    let (mut permit, wait) = match route.admit(w.id, prio, |n| raw.first(n.as_str()), client_ip, t0)
+    {
         Admit::Go(p) => (p, None),
         Admit::Wait(wt) => (None, Some((prio, wt))),
         Admit::Refuse(err) => return refuse(err, rid),
@@ -485,16 +533,28 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         route.key_hash_with(|n| raw.first(n.as_str()), client_ip),
     );
     let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
-    let (ei, probe) = match route.choose(&mut tries, &mut rng) {
-        Ok(x) => x,
-        Err(why) => return refuse(route.no_endpoint(why), rid),
+    // A request that waits for a slot picks its endpoint once it has one (`forward`), so a
+    // shed request holds no breaker probe and earns no retry budget.
+    let (ei, probe) = if wait.is_some() {
+        (usize::MAX, false)
+    } else {
+        match route.choose(&mut tries, &mut rng) {
+            Ok(x) => x,
+            Err(why) => {
+                if let Some(p) = permit.as_mut() {
+                    p.no_sample();
+                }
+                return refuse(route.no_endpoint(why), rid);
+            }
+        }
     };
-    route.deposit(w.id, t0);
+    if wait.is_none() {
+        route.deposit(w.id, t0);
+    }
     let idempotent = matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     );
-    let head_req = method == "HEAD";
     let plan = Plan {
         snap,
         route: ri,
@@ -615,30 +675,43 @@ where
 {
     let shared = &w.shared;
     let mut out = std::mem::take(&mut plan.head);
-    // Held to the end of the exchange.
-    let _permit = match plan.wait.take() {
-        None => plan.permit.take(),
-        Some((prio, wait)) => match plan.snap.routes[plan.route]
-            .wait_admission(w.id, prio, wait)
-            .await
-        {
-            Ok(p) => Some(p),
-            Err(err) => {
-                let guard = Guard::local(
-                    plan.snap.clone(),
-                    ScopeRef::Route(plan.route as u32),
-                    w.id,
-                    outcome(),
-                );
-                let keep = plan.body_len == 0 && !plan.client_close;
-                let latency_us =
-                    shared.clock.now().saturating_since(plan.t0).as_nanos() as f64 / 1e3;
-                write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
-                return Ok(keep);
-            }
-        },
-    };
     let mut tries = plan.tries.clone();
+    // Held to the end of the exchange.
+    let mut permit = plan.permit.take();
+    if let Some((prio, wait)) = plan.wait.take() {
+        let route = &plan.snap.routes[plan.route];
+        let chosen = match route.wait_admission(w.id, prio, wait).await {
+            Ok(p) => {
+                let p = permit.insert(p);
+                tries.input.now = shared.clock.now();
+                route.choose(&mut tries, &mut w.rng()).map_err(|why| {
+                    p.no_sample();
+                    route.no_endpoint(why)
+                })
+            }
+            Err(err) => Err(err),
+        };
+        match chosen {
+            Ok((ei, probe)) => {
+                route.deposit(w.id, tries.input.now);
+                plan.endpoint = ei;
+                plan.probe = probe;
+            }
+            Err(err) => {
+                let r = Refused {
+                    snap: plan.snap.clone(),
+                    route: plan.route,
+                    err,
+                    rid: plan.rid.clone(),
+                    body_len: plan.body_len,
+                    client_close: plan.client_close,
+                    head_req: plan.head_req,
+                    t0: plan.t0,
+                };
+                return refuse(w, r, io, rbuf, wbuf, shutdown).await;
+            }
+        }
+    }
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
     // The body bytes already read go along with the head (and again with a retried head:
@@ -735,7 +808,17 @@ where
             continue;
         }
         let keep = body_read && !plan.client_close;
-        write_error(io, wbuf, &err, &plan.rid, guard, latency_us, keep).await?;
+        write_error(
+            io,
+            wbuf,
+            &err,
+            &plan.rid,
+            guard,
+            latency_us,
+            keep,
+            plan.head_req,
+        )
+        .await?;
         return Ok(keep);
     };
     let endpoint = &route.endpoints[ei];
@@ -763,6 +846,7 @@ where
                     guard,
                     latency_us,
                     !plan.client_close,
+                    plan.head_req,
                 )
                 .await?;
                 return Ok(!plan.client_close);
@@ -995,6 +1079,7 @@ where
 }
 
 /// Answer with a JSON error, recorded through `guard`.
+#[allow(clippy::too_many_arguments)]
 async fn write_error<IO>(
     io: &mut IO,
     wbuf: &mut Vec<u8>,
@@ -1003,6 +1088,7 @@ async fn write_error<IO>(
     mut guard: Guard,
     latency_us: f64,
     keep: bool,
+    head_req: bool,
 ) -> io::Result<()>
 where
     IO: AsyncWrite + Unpin,
@@ -1031,7 +1117,10 @@ where
         wbuf.extend_from_slice(b"connection: close\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
-    wbuf.extend_from_slice(&body);
+    // A HEAD answer has the body's length but no body (RFC 9110 9.3.2).
+    if !head_req {
+        wbuf.extend_from_slice(&body);
+    }
     drop(guard);
     io.write_all(wbuf).await
 }

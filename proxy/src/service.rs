@@ -199,7 +199,7 @@ pub async fn handle(
         client_ip,
         t0,
     );
-    let permit = match admitted {
+    let mut permit = match admitted {
         Admit::Go(p) => p,
         Admit::Wait(wait) => match route.wait_admission(w.id, prio, wait).await {
             Ok(p) => Some(p),
@@ -212,7 +212,12 @@ pub async fn handle(
     let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
     let (mut ei, mut probe) = match route.choose(&mut tries, &mut rng) {
         Ok(x) => x,
-        Err(why) => return local_error(&w, &snap, route_scope, route.no_endpoint(why), &rid, t0),
+        Err(why) => {
+            if let Some(p) = permit.as_mut() {
+                p.no_sample();
+            }
+            return local_error(&w, &snap, route_scope, route.no_endpoint(why), &rid, t0);
+        }
     };
     route.deposit(w.id, t0);
 

@@ -180,6 +180,54 @@ pub struct Built {
     pub warnings: Vec<String>,
 }
 
+/// Every reason a new policy does not fit the config, checked before any state changes.
+fn check_policy(config: &Config, p: &Policy) -> Result<(), BuildError> {
+    for (name, o) in &p.routes {
+        let Some(rc) = config.routes.iter().find(|r| &r.name == name) else {
+            return Err(BuildError::PolicyUnknownRoute {
+                route: name.clone(),
+            });
+        };
+        if let Some(limit) = o
+            .rate_limits
+            .keys()
+            .find(|l| !rc.rate_limits.iter().any(|c| &c.name == *l))
+        {
+            return Err(BuildError::PolicyUnknownLimit {
+                route: name.clone(),
+                limit: limit.clone(),
+            });
+        }
+        let Some(cluster) = config.clusters.get(&rc.cluster) else {
+            continue;
+        };
+        if let Some(ep) = o
+            .upstream_weights
+            .keys()
+            .find(|ep| !cluster.endpoints.iter().any(|e| &e.address == *ep))
+        {
+            return Err(BuildError::PolicyUnknownEndpoint {
+                route: name.clone(),
+                endpoint: ep.clone(),
+                cluster: cluster.name.clone(),
+            });
+        }
+        let all_zero = cluster.endpoints.iter().all(|e| {
+            o.upstream_weights
+                .get(&e.address)
+                .copied()
+                .unwrap_or(e.weight)
+                == 0
+        });
+        if all_zero {
+            return Err(BuildError::PolicyAllZero {
+                route: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Compile `config` + `policy` into a snapshot.
 ///
 /// With `strict`, a policy naming unknown routes or endpoints is an error (a new policy is
@@ -196,6 +244,12 @@ pub fn build(
     let now = clock.now();
     let workers = config.proxy.workers;
     let mut warnings = Vec::new();
+    // Building touches state that outlives snapshots (limiters, budgets, breakers): a policy
+    // that is going to be rejected must be rejected before anything is touched.
+    if let (true, Some(p)) = (strict, &policy) {
+        check_policy(&config, p)?;
+    }
+    reg.limits.begin();
     if let Some(p) = &policy {
         for name in p.routes.keys() {
             if !config.routes.iter().any(|r| &r.name == name) {

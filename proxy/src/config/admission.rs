@@ -289,8 +289,8 @@ pub(super) fn rate_limits(
             };
             key.extend(part);
         }
-        if !(r.rate.is_finite() && r.rate > 0.0 && r.rate <= 1e9) {
-            errs.push(p("rate"), format!("{} is outside (0, 1e9]", r.rate));
+        if !(r.rate.is_finite() && (1e-6..=1e9).contains(&r.rate)) {
+            errs.push(p("rate"), format!("{} is outside 0.000001..=1e9", r.rate));
         }
         let global = r.global.unwrap_or(false);
         let on_store_down = match r.on_store_down.as_deref().map(str::trim) {

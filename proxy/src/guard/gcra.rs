@@ -66,7 +66,13 @@ impl Gcra {
     /// updating `tat` if admitted.
     pub fn check(&self, tat: &mut u64, now: Nanos, cost: u32) -> Verdict {
         let now_f = now.0 as f64;
-        let base = (*tat as f64).max(now_f);
+        let mut base = (*tat as f64).max(now_f);
+        // Under one configuration the stored TAT never runs more than the capacity (plus the
+        // nanosecond of rounding up) ahead of now. One that does was left by a slower rate
+        // that a policy just raised: the key starts again from an empty bucket.
+        if base > now_f + self.capacity_ns + 1.0 {
+            base = now_f + self.capacity_ns - self.emission_ns;
+        }
         let new_tat = base + self.emission_ns * f64::from(cost);
         let limit = now_f + self.capacity_ns;
         // The stored TAT is rounded up, so rounding can only make the limit stricter; the
@@ -176,6 +182,21 @@ mod tests {
     use proptest::prelude::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_raised_rate_applies_at_once() {
+        let slow = Gcra::new(2.0, 3);
+        let mut tat = 0;
+        for _ in 0..3 {
+            assert!(slow.check(&mut tat, Nanos(0), 1).allowed);
+        }
+        assert!(!slow.check(&mut tat, Nanos(0), 1).allowed);
+        // 1000/s with a burst of 100: the key starts from an empty bucket, not 1.5 s behind.
+        let fast = Gcra::new(1000.0, 100);
+        assert!(fast.check(&mut tat, Nanos(0), 1).allowed);
+        assert!(!fast.check(&mut tat, Nanos(0), 1).allowed);
+        assert!(fast.check(&mut tat, Nanos(1_000_000), 1).allowed);
+    }
 
     #[test]
     fn burst_then_rate() {

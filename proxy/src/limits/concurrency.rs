@@ -81,13 +81,24 @@ pub enum Acquire {
 pub struct Permit {
     lim: Arc<ConcurrencyLimiter>,
     started: Nanos,
+    sample: bool,
+}
+
+impl Permit {
+    /// The request never reached an upstream (no endpoint, circuit open): its time says
+    /// nothing about the upstream's latency, so the adaptive limit must not learn from it.
+    pub fn no_sample(&mut self) {
+        self.sample = false;
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let rtt = self.lim.clock.now().saturating_since(self.started);
-        self.lim.sum_ns.fetch_add(rtt.as_nanos() as u64, Relaxed);
-        self.lim.samples.fetch_add(1, Relaxed);
+        if self.sample {
+            let rtt = self.lim.clock.now().saturating_since(self.started);
+            self.lim.sum_ns.fetch_add(rtt.as_nanos() as u64, Relaxed);
+            self.lim.samples.fetch_add(1, Relaxed);
+        }
         self.lim.release();
     }
 }
@@ -114,6 +125,7 @@ impl Wait {
         granted.then(|| Permit {
             lim: self.lim.clone(),
             started: self.lim.clock.now(),
+            sample: true,
         })
     }
 
@@ -254,28 +266,33 @@ impl ConcurrencyLimiter {
             return Acquire::Now(Permit {
                 lim: self.clone(),
                 started: now,
+                sample: true,
             });
         }
         if p == Priority::Sheddable || self.max_wait_us.load(Relaxed) == 0 {
             return Acquire::Shed;
         }
         let mut q = self.lock();
-        // Again under the lock: a release that missed our entry in the queue must not
-        // leave us waiting with a slot free (release reads `waiting` after freeing).
+        // Announce the wait before trying again: a release frees its slot and then reads
+        // `waiting`, we raise `waiting` and then read the slots, so one of us sees the other
+        // (all SeqCst) and no slot stays free while we wait.
+        let before = self.waiting.fetch_add(1, SeqCst);
         if self.try_take(class) {
+            self.waiting.fetch_sub(1, SeqCst);
             return Acquire::Now(Permit {
                 lim: self.clone(),
                 started: now,
+                sample: true,
             });
         }
-        if self.waiting.load(SeqCst) >= self.queue_cap.load(Relaxed) {
+        if before >= self.queue_cap.load(Relaxed) {
+            self.waiting.fetch_sub(1, SeqCst);
             return Acquire::Shed;
         }
         let (tx, rx) = oneshot::channel();
         let id = q.next_id;
         q.next_id += 1;
         q.by_class[class].push_back(Waiter { id, tx });
-        self.waiting.fetch_add(1, SeqCst);
         Acquire::Wait(Wait {
             lim: self.clone(),
             class,
@@ -358,8 +375,9 @@ impl ConcurrencyLimiter {
             max_in_flight,
         };
         let limit = g.update(now, stats).max(1);
-        drop(a);
+        // Under the lock, so a concurrent `configure` to a fixed limit is not overwritten.
         let old = self.limit.swap(limit, Relaxed);
+        drop(a);
         if limit > old {
             self.drain_waiters();
         }

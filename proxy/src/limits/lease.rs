@@ -25,6 +25,12 @@ pub const MAX_KEYS: usize = 100_000;
 /// Intervals without demand after which a key's tokens go back and the key is forgotten.
 const IDLE_INTERVALS: u32 = 100;
 
+/// Key of the slot shared by new keys while a shard is full.
+const OVERFLOW: u64 = u64::MAX;
+/// Quiet intervals after which a key gives back what it holds (it keeps tokens through short
+/// pauses, so a light key is not refused between two leases).
+const RETURN_AFTER: u32 = 10;
+
 #[derive(Debug, Default)]
 struct Slot {
     /// Leased tokens not yet spent.
@@ -32,6 +38,13 @@ struct Slot {
     /// Spent and refused since the last plan.
     used: u32,
     denied: u32,
+    /// Demand per interval, smoothed.
+    demand: f64,
+    /// The shared bucket still had tokens after the last grant: a key that runs dry is then
+    /// below the limit, and the fallback decides rather than a refusal.
+    spare: bool,
+    /// Store key, formatted once.
+    store_key: Option<Box<str>>,
     /// A lease arrived for this key at least once.
     leased: bool,
     /// A take is in flight for this key.
@@ -154,13 +167,13 @@ impl LeaseBook {
     /// Spend one token for `key` (request path).
     pub fn spend(&self, key: u64, now: Nanos, interval: Duration) -> Spend {
         let mut shard = self.shard(key);
-        let full = shard.len() >= MAX_KEYS / SHARDS;
-        let mut scratch = Slot::default();
-        let slot = if full && !shard.contains_key(&key) {
-            &mut scratch
+        // A full shard sends new keys to one shared slot: limited together, never unlimited.
+        let key = if shard.len() >= MAX_KEYS / SHARDS && !shard.contains_key(&key) {
+            OVERFLOW
         } else {
-            shard.entry(key).or_default()
+            key
         };
+        let slot = shard.entry(key).or_default();
         if slot.tokens > 0 {
             slot.tokens -= 1;
             slot.used += 1;
@@ -169,12 +182,13 @@ impl LeaseBook {
             };
         }
         let up = self.store_up.load(Relaxed);
-        if slot.leased && up {
+        if slot.leased && up && !slot.spare {
             slot.denied += 1;
             let wait = Duration::from_millis(slot.next_token_ms).max(interval);
             return Spend::Denied { retry_after: wait };
         }
-        // No lease yet, or the store is down: this instance decides alone.
+        // No lease yet, the shared bucket has room, or the store is down: this instance
+        // decides alone.
         slot.used += 1;
         self.fallback_decisions.fetch_add(1, Relaxed);
         let mode = if up {
@@ -208,50 +222,48 @@ impl LeaseBook {
     }
 
     /// What to take and give now (leaser). Marks keys being asked for, resets demand counts,
-    /// forgets idle keys (their tokens go back).
+    /// gives back what quiet keys hold and forgets idle ones.
     pub fn plan(&self, interval: Duration, takes: &mut Vec<(u64, Take)>, gives: &mut Vec<Give>) {
         let p = self.params();
         let capacity = Self::capacity(&p, interval);
+        let mut given = 0u64;
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             map.retain(|&key, s| {
                 let demand = s.used + s.denied;
                 s.used = 0;
                 s.denied = 0;
-                if demand == 0 {
-                    s.idle += 1;
-                } else {
-                    s.idle = 0;
+                s.demand = 0.7 * s.demand + 0.3 * f64::from(demand);
+                s.idle = if demand == 0 { s.idle + 1 } else { 0 };
+                let prefix = &self.prefix;
+                let store_key = s
+                    .store_key
+                    .get_or_insert_with(|| format!("{prefix}{key:016x}").into_boxed_str());
+                if s.asking {
+                    return true;
                 }
-                if s.idle >= IDLE_INTERVALS {
-                    if s.tokens > 0 && !s.asking {
+                if s.idle >= RETURN_AFTER {
+                    if s.tokens > 0 {
+                        given += u64::from(s.tokens);
                         gives.push(Give {
-                            key: format!("{}{key:016x}", self.prefix),
+                            key: store_key.to_string(),
                             rate: p.rate,
                             capacity,
-                            tokens: s.tokens,
+                            tokens: std::mem::take(&mut s.tokens),
                         });
                     }
-                    return s.asking;
+                    return s.idle < IDLE_INTERVALS;
                 }
-                // Hold about two intervals of demand; more only invites unfairness between
+                // Hold about two intervals of demand: more invites unfairness between
                 // instances, less makes requests wait for the next lease.
-                let target = demand.saturating_mul(2).min(capacity);
-                if s.tokens > target.saturating_mul(2).max(1) && !s.asking {
-                    let back = s.tokens - target;
-                    s.tokens = target;
-                    gives.push(Give {
-                        key: format!("{}{key:016x}", self.prefix),
-                        rate: p.rate,
-                        capacity,
-                        tokens: back,
-                    });
-                } else if demand > 0 && s.tokens < target && !s.asking {
+                let want = (f64::from(demand).max(s.demand) * 2.0).ceil() as u32;
+                let target = want.min(capacity);
+                if demand > 0 && s.tokens < target {
                     s.asking = true;
                     takes.push((
                         key,
                         Take {
-                            key: format!("{}{key:016x}", self.prefix),
+                            key: store_key.to_string(),
                             rate: p.rate,
                             capacity,
                             want: target - s.tokens,
@@ -261,7 +273,6 @@ impl LeaseBook {
                 true
             });
         }
-        let given: u64 = gives.iter().map(|g| u64::from(g.tokens)).sum();
         self.returned_total.fetch_add(given, Relaxed);
     }
 
@@ -283,6 +294,7 @@ impl LeaseBook {
                         Some(s) => {
                             s.asking = false;
                             s.leased = true;
+                            s.spare = g.remaining > 0;
                             s.tokens = s.tokens.saturating_add(g.granted);
                             s.next_token_ms = g.next_token_ms;
                         }
@@ -312,7 +324,7 @@ impl LeaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::store::{Bucket, LeaseStore, MemoryStore};
+    use crate::limits::store::{LeaseStore, MemoryStore};
     use std::sync::Arc;
     use vivremotion_protocol::clock::ManualClock;
     use vivremotion_protocol::Clock;
@@ -379,8 +391,12 @@ mod tests {
         book.spend(1, Nanos(0), TICK);
         book.plan(TICK, &mut takes, &mut gives);
         assert_eq!(takes.len(), 1);
-        let mut b = Bucket::full(LeaseBook::capacity(&params(100.0), TICK), 0);
-        let g = b.take(100.0, 10, takes[0].1.want, 0);
+        // The shared bucket is drained (by other instances): nothing spare.
+        let g = Grant {
+            granted: takes[0].1.want,
+            remaining: 0,
+            next_token_ms: 10,
+        };
         book.settle(&takes, Ok(&[g]), &mut gives);
         let mut leased = 0;
         while let Spend::Leased { .. } = book.spend(1, Nanos(0), TICK) {
@@ -423,6 +439,47 @@ mod tests {
             book.spend(1, Nanos(1_000_000_000), TICK),
             Spend::Leased { .. }
         ));
+    }
+
+    /// A key well under its limit, sending less often than every lease interval, is never
+    /// refused (its leases must not be given back between two requests).
+    #[tokio::test]
+    async fn a_light_key_under_the_limit_is_always_admitted() {
+        let clock = ManualClock::new(0);
+        let store = MemoryStore::new(Arc::new(clock.clone()));
+        let book = LeaseBook::new("r", "l", params(100.0));
+        let mut refused = 0;
+        // 50/s against 100/s: one request every 20 ms, leases every 10 ms, for 10 s.
+        for i in 0..1000u32 {
+            if i % 2 == 0 {
+                match book.spend(3, clock.now(), TICK) {
+                    Spend::Leased { .. } | Spend::Fallback { allowed: true, .. } => {}
+                    _ => refused += 1,
+                }
+            }
+            lease_round(&book, &store).await;
+            clock.advance(TICK);
+        }
+        assert_eq!(refused, 0);
+    }
+
+    #[test]
+    fn a_full_book_limits_new_keys_together() {
+        let book = LeaseBook::new("r", "l", params(10.0));
+        for k in 0..(MAX_KEYS as u64 + 64) {
+            book.spend(k * SHARDS as u64, Nanos(0), TICK);
+        }
+        // Shard 0 is full: unknown keys share its overflow slot and its fallback GCRA
+        // (5/s, burst 5), which is long spent.
+        let fresh = (0..10)
+            .filter(|i| {
+                matches!(
+                    book.spend((MAX_KEYS as u64 + 100 + i) * SHARDS as u64, Nanos(0), TICK),
+                    Spend::Fallback { allowed: true, .. }
+                )
+            })
+            .count();
+        assert_eq!(fresh, 0);
     }
 
     #[test]

@@ -348,6 +348,11 @@ impl LimitRegistry {
         }
     }
 
+    /// A snapshot build starts: forget what an abandoned build saw.
+    pub fn begin(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Forget the state of limits the snapshot just built does not use.
     pub fn retain(&self) {
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
@@ -540,7 +545,10 @@ pub async fn lease_round(books: &[Arc<LeaseBook>], store: &dyn LeaseStore, inter
         Ok(grants) if grants.len() == all.len() => {
             let mut at = 0;
             for (b, takes) in books.iter().zip(&plans) {
-                b.settle(takes, Ok(&grants[at..at + takes.len()]), &mut gives);
+                // A book that asked for nothing learned nothing about the store.
+                if !takes.is_empty() {
+                    b.settle(takes, Ok(&grants[at..at + takes.len()]), &mut gives);
+                }
                 at += takes.len();
             }
         }
