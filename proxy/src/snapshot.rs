@@ -245,7 +245,8 @@ pub fn build(
     let workers = config.proxy.workers;
     let mut warnings = Vec::new();
     // Building touches state that outlives snapshots (limiters, budgets, breakers): a policy
-    // that is going to be rejected must be rejected before anything is touched.
+    // that is going to be rejected must be rejected before anything is touched. Past this
+    // check, policy entries that do not fit are only warned about (the config changed).
     if let (true, Some(p)) = (strict, &policy) {
         check_policy(&config, p)?;
     }
@@ -253,11 +254,6 @@ pub fn build(
     if let Some(p) = &policy {
         for name in p.routes.keys() {
             if !config.routes.iter().any(|r| &r.name == name) {
-                if strict {
-                    return Err(BuildError::PolicyUnknownRoute {
-                        route: name.clone(),
-                    });
-                }
                 warnings.push(format!(
                     "policy route {name:?} is not in the config; ignored"
                 ));
@@ -300,12 +296,6 @@ pub fn build(
         if let Some(o) = overrides {
             for limit in o.rate_limits.keys() {
                 if !rc.rate_limits.iter().any(|l| &l.name == limit) {
-                    if strict {
-                        return Err(BuildError::PolicyUnknownLimit {
-                            route: rc.name.clone(),
-                            limit: limit.clone(),
-                        });
-                    }
                     warnings.push(format!(
                         "policy rate limit {limit:?} of route {:?} is not in the config; ignored",
                         rc.name
@@ -314,13 +304,6 @@ pub fn build(
             }
             for ep in o.upstream_weights.keys() {
                 if !cluster.endpoints.iter().any(|e| &e.address == ep) {
-                    if strict {
-                        return Err(BuildError::PolicyUnknownEndpoint {
-                            route: rc.name.clone(),
-                            endpoint: ep.clone(),
-                            cluster: cluster.name.clone(),
-                        });
-                    }
                     warnings.push(format!(
                         "policy endpoint {ep:?} of route {:?} is not in cluster {:?}; ignored",
                         rc.name, cluster.name
@@ -371,11 +354,6 @@ pub fn build(
             auths.push(auth);
             weights.push(w);
             sources.push(src);
-        }
-        if strict && overrides.is_some() && weights.iter().all(|&w| w == 0) {
-            return Err(BuildError::PolicyAllZero {
-                route: rc.name.clone(),
-            });
         }
         let names: Vec<&str> = cluster
             .endpoints
