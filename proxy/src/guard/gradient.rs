@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! gradient = clamp(tolerance · baseline / short, 0.5, 1)
-//! target   = limit · gradient + √limit        (√limit: headroom to probe for more)
+//! target   = limit · gradient + headroom       (headroom = min(√limit, max(1, limit/10)))
 //! limit    = (1 − smoothing) · limit + smoothing · target, clamped to [min, max]
 //! ```
 //!
@@ -154,7 +154,11 @@ impl GradientLimit {
         self.baseline_ns = self.baseline_ns.min(short);
         let gradient = (self.cfg.tolerance * self.baseline_ns / short).clamp(0.5, 1.0);
         self.last_gradient = gradient;
-        let mut target = self.limit * gradient + self.limit.sqrt();
+        // Headroom to probe for more. At equilibrium the upstream queues about `headroom`
+        // requests (gradient = 1 − headroom/limit), so Gradient2's √limit would add a third to
+        // the latency of a limit of 10; small limits probe by one request instead.
+        let headroom = self.limit.sqrt().min((self.limit / 10.0).max(1.0));
+        let mut target = self.limit * gradient + headroom;
         if f64::from(w.max_in_flight) < self.limit / 2.0 {
             target = target.min(self.limit);
         }
