@@ -30,7 +30,7 @@ fn with_key(url: &str, key: &str) -> http::Request<Full<Bytes>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_rate_limit_answers_429_with_ratelimit_fields() {
     let b = backend("b", 0.0).await;
-    let cfg = simple_config(&endpoints_toml(&[b], None), "round_robin", "", "")
+    let cfg = round_robin_config(&[b])
         + r#"rate_limits = [{ name = "per-key", key = ["header:x-api-key"], rate = 2.0, burst = 3 }]
 "#;
     let proxy = Proxy::start(&cfg);

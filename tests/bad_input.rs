@@ -208,12 +208,7 @@ match = {{ path_prefix = "/ok" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_never_take_the_proxy_down() {
     let good = backend("good", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[good], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&[good]));
     // Deterministic junk: a small xorshift, mixed with fragments of real requests.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let fragments: [&[u8]; 6] = [

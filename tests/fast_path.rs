@@ -202,12 +202,7 @@ response_headers = {{ set = {{ "x-served-by" = "vivremotion" }}, remove = ["x-up
 async fn keep_alive_pipelining_and_large_bodies_on_the_fast_path() {
     let _s = serial().await;
     let b = backend("echo", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&[b]));
     // Three pipelined requests on one connection, the middle one with a 1 MiB body that
     // arrives in pieces; the last asks to close.
     let big = vec![b'z'; 1 << 20];

@@ -131,12 +131,7 @@ fn policy_json(version: u64, weights: &[(String, u32)]) -> String {
 async fn policy_swaps_under_load_drop_nothing_and_take_effect() {
     let _s = serial().await;
     let bs = vec![backend("a", 1.0).await, backend("b", 1.0).await];
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&bs, None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&bs));
     let admin = http1_client();
     let policy_url = proxy.admin_url("/api/v1/policy");
     let (a, b) = (bs[0].addr().to_string(), bs[1].addr().to_string());
@@ -363,12 +358,7 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests_and_exits_zero() {
     let b = backend("slow", 700.0).await;
-    let mut proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let mut proxy = Proxy::start(&round_robin_config(&[b]));
     let c = http1_client();
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&c, &url).await });

@@ -14,12 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn sse_chunks_arrive_before_the_upstream_finishes() {
     let _s = serial().await;
     let b = backend("sse", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&[b]));
     let client = http1_client();
     let start = Instant::now();
     let req = http::Request::get(proxy.url("/sse?n=4&interval_ms=400"))
@@ -97,12 +92,7 @@ async fn http1_and_http2_on_both_sides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_request_bodies_and_host_are_forwarded() {
     let b = backend("h2", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&[b]));
     let client = h2c_client();
     let rep = post_json(&client, &proxy.url("/upload"), &"x".repeat(100_000), "POST").await;
     assert_eq!(rep.status, 200);
@@ -217,12 +207,7 @@ cluster = "backend"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_are_relayed_both_ways() {
     let b = backend("ws", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(&[b], None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(&[b]));
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -251,12 +236,7 @@ async fn upgrades_are_relayed_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
     let b = backend("pool", 0.0).await;
-    let proxy = Proxy::start(&simple_config(
-        &endpoints_toml(std::slice::from_ref(&b), None),
-        "round_robin",
-        "",
-        "",
-    ));
+    let proxy = Proxy::start(&round_robin_config(std::slice::from_ref(&b)));
     let client = http1_client();
     for i in 0..50 {
         let path = if i % 5 == 0 {

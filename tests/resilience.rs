@@ -6,35 +6,15 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// One route over the three endpoints, 2 s timeout.
 fn three_endpoint_config(addrs: &[std::net::SocketAddr], cluster_extra: &str) -> String {
     let eps: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-[proxy]
-workers = 2
-seed = 11
-
-[admin]
-listen = "127.0.0.1:0"
-
-[telemetry]
-tick = "200ms"
-
-[[listeners]]
-name = "main"
-listen = "127.0.0.1:0"
-
-[clusters.backend]
-endpoints = [{}]
-{cluster_extra}
-
-[[routes]]
-name = "all"
-cluster = "backend"
-timeout = "2s"
-"#,
-        eps.join(", ")
-    )
+    simple_config(
+        &format!("[{}]", eps.join(", ")),
+        "p2c_peak_ewma",
+        cluster_extra,
+        "",
+    ) + "timeout = \"2s\"\n"
 }
 
 /// Three upstream processes behind one route at 2,000 requests/s; one is killed (SIGKILL)

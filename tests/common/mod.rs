@@ -196,6 +196,11 @@ cluster = "backend"
     )
 }
 
+/// [`simple_config`] with `backends` (weight 1) balanced round robin, nothing else.
+pub fn round_robin_config(backends: &[Arc<DemoUpstream>]) -> String {
+    simple_config(&endpoints_toml(backends, None), "round_robin", "", "")
+}
+
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn http1_client() -> HttpClient {

@@ -59,8 +59,8 @@ struct Slot {
 /// How a request fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spend {
-    /// Admitted on a leased token; `remaining` leased tokens left here.
-    Leased { remaining: u32 },
+    /// Admitted on a leased token.
+    Leased,
     /// Decided by the fallback (no lease yet, or the store is down).
     Fallback {
         allowed: bool,
@@ -177,9 +177,7 @@ impl LeaseBook {
         if slot.tokens > 0 {
             slot.tokens -= 1;
             slot.used += 1;
-            return Spend::Leased {
-                remaining: slot.tokens,
-            };
+            return Spend::Leased;
         }
         let up = self.store_up.load(Relaxed);
         if slot.leased && up && !slot.spare {
@@ -366,9 +364,7 @@ mod tests {
                 for i in 0..50u64 {
                     let now = clock.now().saturating_add(Duration::from_micros(i * 200));
                     match b.spend(7, now, TICK) {
-                        Spend::Leased { .. } | Spend::Fallback { allowed: true, .. } => {
-                            admitted += 1
-                        }
+                        Spend::Leased | Spend::Fallback { allowed: true, .. } => admitted += 1,
                         _ => {}
                     }
                 }
@@ -399,7 +395,7 @@ mod tests {
         };
         book.settle(&takes, Ok(&[g]), &mut gives);
         let mut leased = 0;
-        while let Spend::Leased { .. } = book.spend(1, Nanos(0), TICK) {
+        while let Spend::Leased = book.spend(1, Nanos(0), TICK) {
             leased += 1;
         }
         assert_eq!(leased, 2);
@@ -437,7 +433,7 @@ mod tests {
         assert!(book.store_up());
         assert!(matches!(
             book.spend(1, Nanos(1_000_000_000), TICK),
-            Spend::Leased { .. }
+            Spend::Leased
         ));
     }
 
@@ -453,7 +449,7 @@ mod tests {
         for i in 0..1000u32 {
             if i % 2 == 0 {
                 match book.spend(3, clock.now(), TICK) {
-                    Spend::Leased { .. } | Spend::Fallback { allowed: true, .. } => {}
+                    Spend::Leased | Spend::Fallback { allowed: true, .. } => {}
                     _ => refused += 1,
                 }
             }

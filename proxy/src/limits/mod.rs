@@ -65,10 +65,6 @@ pub struct RouteLimits {
 }
 
 impl RouteLimits {
-    pub fn is_empty(&self) -> bool {
-        self.rate.is_empty() && self.concurrency.is_none()
-    }
-
     /// Decide a request of priority `p`. `header` looks up a request header's first value.
     pub fn admit<'a>(
         &self,
@@ -85,7 +81,7 @@ impl RouteLimits {
                     (!v.allowed).then_some((v.retry_after, v.remaining, v.reset))
                 }
                 Kind::Global(book) => match book.spend(key, now, self.lease_interval) {
-                    Spend::Leased { .. } | Spend::Fallback { allowed: true, .. } => None,
+                    Spend::Leased | Spend::Fallback { allowed: true, .. } => None,
                     Spend::Fallback { retry_after, .. } | Spend::Denied { retry_after } => {
                         Some((retry_after, 0, retry_after))
                     }
