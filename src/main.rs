@@ -1,7 +1,8 @@
 //! The `vivremotion` binary: parses the command line, builds the app, waits for shutdown.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Adaptive, ML-driven traffic orchestrator"
 )]
 struct Cli {
-    /// Log format on stderr.
+    /// Format of the process log on stderr (level with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -28,8 +29,28 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
     Text,
+    /// One JSON object per line.
     Json,
+}
+
+/// The config file, as `--config FILE` or just `FILE`: the same for every subcommand.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ConfigFile {
+    /// The TOML config file (every field is documented in examples/vivremotion.toml).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The same, without --config.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    fn path(self) -> PathBuf {
+        self.config.or(self.file).unwrap_or_default()
+    }
 }
 
 #[derive(Subcommand)]
@@ -45,22 +66,33 @@ enum Command {
         /// Worker threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Write an access log (one JSON line per request) to FILE, `stdout` or `stderr`.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<String>,
     },
-    /// Run the data-plane proxy from a config file.
+    /// Run the data-plane proxy from a config file (reloaded on SIGHUP and on change).
     Proxy {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
-    /// Validate a config file: exit 0 if valid, else print each error with its field path.
-    CheckConfig { file: PathBuf },
-    /// Run one standalone demo upstream.
+    /// Validate a config file: exit 0 if valid, else print each error with its line and
+    /// field path and exit 1.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Run one standalone demo upstream: it answers every request with what it received.
     DemoUpstream {
+        /// Address to listen on (port 0: any free port, printed on start).
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
+        /// Name reported in its answers (`upstream`).
         #[arg(long, default_value = "demo")]
         name: String,
+        /// Time to answer, in milliseconds.
         #[arg(long, default_value_t = 5.0)]
         latency_ms: f64,
+        /// Random extra time, uniform in 0..jitter, in milliseconds.
         #[arg(long, default_value_t = 0.0)]
         jitter_ms: f64,
         /// Share of requests answered 503.
@@ -75,8 +107,10 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only where a person reads them: not in files, pipes or journald.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
@@ -88,13 +122,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
-        Command::CheckConfig { file } => return check_config(&file),
-        Command::Proxy { config } => run_proxy(config),
+        Command::CheckConfig { config } => return check_config(&config.path()),
+        Command::Proxy { config } => run_proxy(config.path()),
         Command::Up {
             listen,
             admin,
             workers,
-        } => run_up(listen, admin, workers),
+            access_log,
+        } => run_up(listen, admin, workers, access_log),
         Command::DemoUpstream {
             listen,
             name,
@@ -117,10 +152,27 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already include their
+/// source's text, and printing the chain again would repeat it.
+fn report(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if s.contains(&m) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&m);
+    }
+    s
 }
 
 fn check_config(file: &std::path::Path) -> std::process::ExitCode {
@@ -133,6 +185,9 @@ fn check_config(file: &std::path::Path) -> std::process::ExitCode {
                 c.clusters.len(),
                 c.routes.len()
             );
+            for w in c.warnings() {
+                eprintln!("  warning: {w}");
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -190,8 +245,18 @@ fn ready_line(app: &App) -> String {
 }
 
 fn run_proxy(path: PathBuf) -> Result<()> {
-    let config =
-        Config::load(&path).with_context(|| format!("invalid config {}", path.display()))?;
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e @ vivremotion_proxy::config::ConfigError::Read { .. }) => return Err(e.into()),
+        Err(e) => anyhow::bail!(
+            "{} is invalid:\n  {}",
+            path.display(),
+            e.to_string().replace('\n', "\n  ")
+        ),
+    };
+    for w in config.warnings() {
+        tracing::warn!("{}: {w}", path.display());
+    }
     let rt = control_runtime()?;
     let mut opts = AppOptions::new(config);
     opts.config_path = Some(path);
@@ -206,6 +271,7 @@ fn up_config(
     listen: SocketAddr,
     admin: SocketAddr,
     workers: usize,
+    access_log: Option<&str>,
     demo: &DemoUpstreams,
 ) -> Result<Config> {
     let endpoints: Vec<String> = demo
@@ -230,21 +296,54 @@ listen = "{listen}"
 endpoints = [{endpoints}]
 balancer = "p2c_peak_ewma"
 
+# A demo upstream set "down" leaves rotation within about two seconds.
+[clusters.demo.health_check]
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+jitter = "100ms"
+healthy_threshold = 1
+unhealthy_threshold = 2
+
 [[routes]]
 name = "demo"
 cluster = "demo"
 timeout = "10s"
+{access_log}
 "#,
-        endpoints = endpoints.join(", ")
+        endpoints = endpoints.join(", "),
+        access_log = access_log
+            .map(|p| format!("\n[access_log]\npath = {}\n", toml_string(p)))
+            .unwrap_or_default(),
     );
     Ok(Config::parse(&text)?)
 }
 
-fn run_up(listen: SocketAddr, admin: SocketAddr, workers: usize) -> Result<()> {
+/// A TOML basic string with `s` in it.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn run_up(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    workers: usize,
+    access_log: Option<String>,
+) -> Result<()> {
     let rt = control_runtime()?;
     rt.block_on(async {
         let demo = DemoUpstreams::start_default(7).await.context("cannot start demo upstreams")?;
-        let config = up_config(listen, admin, workers, &demo)?;
+        let config = up_config(listen, admin, workers, access_log.as_deref(), &demo)?;
         let mut opts = AppOptions::new(config);
         opts.demo = Some(demo.clone());
         let app = App::build(opts)?;

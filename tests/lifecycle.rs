@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +52,32 @@ async fn config_reload_under_load_drops_nothing() {
         u64::MAX,
         stop.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = http1_client();
+    let upstreams_url = proxy.admin_url("/api/v1/upstreams");
+    let weights = || {
+        let (admin, url) = (admin.clone(), upstreams_url.clone());
+        async move {
+            let up = get(&admin, &url).await.unwrap().json();
+            up["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["weight"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let p = &proxy;
+            async move {
+                p.metrics().await.lines().any(|l| {
+                    l.starts_with("vivremotion_proxy_requests_total{") && !l.ends_with(" 0")
+                })
+            }
+        })
+        .await,
+        "the load never got through"
+    );
 
     let weight_sets: [[u32; 3]; 4] = [[5, 1, 0], [0, 1, 5], [1, 0, 1], [3, 3, 3]];
     for (i, w) in weight_sets.iter().enumerate() {
@@ -74,12 +98,31 @@ async fn config_reload_under_load_drops_nothing() {
         if i % 2 == 1 {
             proxy.signal("HUP");
         }
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        // Reloaded (by the file watcher or SIGHUP) once the new weights are in force.
+        let want: Vec<u64> = w.iter().map(|&x| u64::from(x)).collect();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let (weights, want) = (weights(), want.clone());
+                async move { weights.await == want }
+            })
+            .await,
+            "config {} was not applied; log:\n{}",
+            i + 1,
+            proxy.log()
+        );
     }
     // An invalid file is rejected and the last good config keeps serving.
     std::fs::write(&proxy.config_path, "[clusters.backend]\nendpoints = []\n").unwrap();
     proxy.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let p = &proxy;
+            async move { p.log().contains("config rejected") }
+        })
+        .await,
+        "the invalid config was not rejected; log:\n{}",
+        proxy.log()
+    );
     stop.store(true, Ordering::Relaxed);
     let r = loader.await.unwrap();
     assert!(r.ok > 1000, "too little load to mean anything: {}", r.ok);
@@ -114,6 +157,21 @@ async fn config_reload_under_load_drops_nothing() {
     for e in up["endpoints"].as_array().unwrap() {
         assert_eq!(e["weight"], 3);
     }
+}
+
+/// The one endpoint address in `/metrics` text.
+fn proxy_backend_addr(metrics: &str) -> String {
+    let l = metrics
+        .lines()
+        .find(|l| l.starts_with("vivremotion_proxy_upstream_weight{"))
+        .unwrap_or_else(|| panic!("no upstream_weight in:\n{metrics}"));
+    l.split("upstream=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn policy_json(version: u64, weights: &[(String, u32)]) -> String {
@@ -277,9 +335,40 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
         "",
     ));
     let c = http1_client();
+    // Before any traffic: every family has HELP and TYPE, and the series of known routes
+    // and outcomes exist at 0.
+    let fresh = proxy.metrics().await;
+    promtool_check(&fresh);
+    let b_addr = proxy_backend_addr(&fresh);
+    for series in [
+        format!("vivremotion_proxy_requests_total{{route=\"all\",cluster=\"backend\",upstream=\"{b_addr}\",code_class=\"2xx\"}}"),
+        format!("vivremotion_proxy_upstream_errors_total{{route=\"all\",cluster=\"backend\",upstream=\"{b_addr}\",kind=\"connect\"}}"),
+        "vivremotion_proxy_admission_total{route=\"all\",cluster=\"backend\",upstream=\"\",priority=\"default\",outcome=\"admitted\"}".to_string(),
+        "vivremotion_proxy_retries_total{route=\"all\",cluster=\"backend\",upstream=\"\"}".to_string(),
+        "vivremotion_proxy_config_reloads_total{result=\"applied\"}".to_string(),
+        "vivremotion_proxy_policy_rejected_total{reason=\"stale\"}".to_string(),
+        "vivremotion_proxy_policy_version".to_string(),
+    ] {
+        assert_eq!(sample(&fresh, &format!("{series} ")), Some(0.0), "{series} missing:\n{fresh}");
+    }
     for _ in 0..20 {
         assert_eq!(get(&c, &proxy.url("/t")).await.unwrap().status, 200);
     }
+    promtool_check(&proxy.metrics().await);
+    let head = send(
+        &c,
+        http::Request::head(proxy.admin_url("/metrics"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(head.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     assert_eq!(
         get(&c, &proxy.admin_url("/healthz")).await.unwrap().status,
         200
@@ -329,6 +418,95 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
     assert!(w["latency"]["count"].as_u64().unwrap() > 0);
     assert!(w["status"]["success"].as_u64().unwrap() > 0);
 
+    // `limit` alone gives the newest windows; `next_since` pages on from them.
+    let page = get(&c, &proxy.admin_url("/api/v1/telemetry?limit=2"))
+        .await
+        .unwrap()
+        .json();
+    let windows = page["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2, "{page}");
+    let last_seq = windows[1]["seq"].as_u64().unwrap();
+    assert!(windows[0]["seq"].as_u64().unwrap() < last_seq);
+    assert_eq!(page["next_since"], last_seq);
+    let first = get(&c, &proxy.admin_url("/api/v1/telemetry?since=0&limit=1"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(first["windows"].as_array().unwrap().len(), 1);
+    assert_eq!(first["more"], true);
+    let next = first["next_since"].as_u64().unwrap();
+    let second = get(
+        &c,
+        &proxy.admin_url(&format!("/api/v1/telemetry?since={next}&limit=1")),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert!(
+        second["windows"][0]["seq"].as_u64().unwrap() > next,
+        "{second}"
+    );
+    assert_eq!(
+        get(&c, &proxy.admin_url("/api/v1/telemetry?limit=0"))
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+
+    // A reload and a policy swap keep the exposition valid.
+    let reload = post_json(&c, &proxy.admin_url("/api/v1/config/reload"), "", "POST").await;
+    assert_eq!(
+        reload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reload.body)
+    );
+    let policy = post_json(
+        &c,
+        &proxy.admin_url("/api/v1/policy"),
+        &policy_json(1, &[(b_addr.clone(), 2)]),
+        "PUT",
+    )
+    .await;
+    assert_eq!(
+        policy.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&policy.body)
+    );
+    let stale = post_json(
+        &c,
+        &proxy.admin_url("/api/v1/policy"),
+        &policy_json(1, &[(b_addr.clone(), 2)]),
+        "PUT",
+    )
+    .await;
+    assert_eq!(stale.status, 409);
+    let after = proxy.metrics().await;
+    promtool_check(&after);
+    assert_eq!(
+        sample(
+            &after,
+            "vivremotion_proxy_config_reloads_total{result=\"applied\"} "
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "vivremotion_proxy_policy_version "),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "vivremotion_proxy_policy_rejected_total{reason=\"stale\"} "
+        ),
+        Some(1.0),
+        "{after}"
+    );
+
     let m = String::from_utf8_lossy(&get(&c, &proxy.admin_url("/metrics")).await.unwrap().body)
         .into_owned();
     assert!(
@@ -355,6 +533,21 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
     );
 }
 
+/// Wait until the proxy has `n` requests in flight to its `all` route's endpoints.
+async fn wait_in_flight(proxy: &Proxy, n: i64) {
+    let seen = eventually(Duration::from_secs(10), || async move {
+        let m = proxy.metrics().await;
+        let total: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("vivremotion_proxy_requests_in_flight{route=\"all\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        total as i64 == n
+    })
+    .await;
+    assert!(seen, "never saw {n} request(s) in flight");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests_and_exits_zero() {
     let b = backend("slow", 700.0).await;
@@ -362,15 +555,91 @@ async fn shutdown_drains_in_flight_requests_and_exits_zero() {
     let c = http1_client();
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&c, &url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_in_flight(&proxy, 1).await;
     proxy.signal("TERM");
     let rep = in_flight.await.unwrap().unwrap();
     assert_eq!(rep.status, 200, "in-flight request was cut off");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// A load balancer polling `/readyz` during a drain must see 503, not a refused connection,
+/// for as long as requests are still being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_while_draining() {
+    let b = backend("slow", 1500.0).await;
+    let mut proxy = Proxy::start(&round_robin_config(&[b]));
+    let c = http1_client();
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, &url).await }
+    });
+    wait_in_flight(&proxy, 1).await;
+    let ready = get(&c, &proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, 200);
+    proxy.signal("TERM");
+
+    let readyz = proxy.admin_url("/readyz");
+    let mut answers = Vec::new();
+    while !in_flight.is_finished() {
+        // A fresh connection each time, as a load balancer's probe makes.
+        match get(&http1_client(), &readyz).await {
+            Ok(r) => {
+                if answers.is_empty() && r.status == 200 {
+                    // The signal may not have been handled yet.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                answers.push((r.status, r.json()));
+            }
+            Err(e) => {
+                // Refused is only right once the drain is over: the request must finish at
+                // (about) the same moment.
+                let finished_soon = tokio::time::timeout(Duration::from_millis(300), async {
+                    while !in_flight.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .is_ok();
+                assert!(
+                    finished_soon,
+                    "/readyz refused ({e}) while a request was still in flight"
+                );
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answers.len() >= 5,
+        "too few probes during the drain: {answers:?}"
+    );
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body["status"], "draining");
+    }
+    assert_eq!(answers[0].1["in_flight"], 1);
+    let rep = in_flight.await.unwrap().unwrap();
+    assert_eq!(rep.status, 200, "in-flight request was cut off");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+fn check_config(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn check_config_names_field_paths_and_exits_nonzero() {
+fn check_config_names_lines_and_field_paths_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -378,100 +647,155 @@ fn check_config_names_field_paths_and_exits_nonzero() {
         "[clusters.api]\nendpoints = [\"127.0.0.1:1\"]\nconnect_timeout = \"forever\"\n[[routes]]\ncluster = \"apii\"\n",
     )
     .unwrap();
+    let (code, _, err) = check_config(&[bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 3: clusters.api.connect_timeout: bad duration \"forever\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 5: routes[0].cluster: unknown cluster \"apii\""),
+        "{err}"
+    );
+
+    // A syntax error names its line and column.
+    let syntax = dir.path().join("syntax.toml");
+    let mut text = String::from("# comment\n[proxy]\n");
+    for i in 3..12 {
+        text.push_str(&format!("# line {i}\n"));
+    }
+    text.push_str("workers = = 2\n");
+    std::fs::write(&syntax, &text).unwrap();
+    let (code, _, err) = check_config(&["--config", syntax.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 12, column 11: TOML syntax"), "{err}");
+
+    // An unknown field does not hide the other errors.
+    let both = dir.path().join("both.toml");
+    std::fs::write(
+        &both,
+        "[proxy]\nworkrs = 2\n[clusters.api]\nendpoints = [\"127.0.0.1:1\"]\nconnect_timeout = \"soon\"\n[[routes]]\ncluster = \"api\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&["-c", both.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 2: proxy.workrs: unknown field `workrs`, expected one of `workers`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 5: clusters.api.connect_timeout: bad duration \"soon\""),
+        "{err}"
+    );
+
+    // Valid, but without routes: a warning, exit 0.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "[proxy]\nworkers = 1\n").unwrap();
+    let (code, out, err) = check_config(&[empty.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(": ok (1 listeners, 0 clusters, 0 routes)"),
+        "{out}"
+    );
+    assert!(err.contains("warning: no [[routes]]"), "{err}");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vivremotion.toml");
+    let (code, _, err) = check_config(&[example]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = check_config(&["--config", example]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, _, err) = check_config(&["/nonexistent.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /nonexistent.toml"), "{err}");
+}
+
+/// A port that is taken is reported once, in one line, and the process exits 1.
+#[test]
+fn a_bind_failure_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nname = \"main\"\nlisten = \"{addr}\"\n"),
+    )
+    .unwrap();
     let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(&bad)
+        .args(["proxy", cfg.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("clusters.api.connect_timeout: bad duration \"forever\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("routes[0].cluster: unknown cluster \"apii\""),
-        "{err}"
-    );
-
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vivremotion.toml");
-    let out = Command::new(BIN)
-        .args(["check-config", example])
-        .output()
-        .unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        line.matches("cannot listen").count(),
+        1,
+        "reported more than once: {line}"
     );
-
-    let out = Command::new(BIN)
-        .args(["check-config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.toml"));
+    assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+    assert!(line.contains(&addr.to_string()), "{line}");
 }
 
 /// `vivremotion up` as a new user runs it: answer from a demo upstream, counters move,
-/// three upstreams listed, demo controls work, Ctrl-C exits 0.
+/// three upstreams listed, demo controls work, a downed upstream shows unhealthy, Ctrl-C
+/// exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_everything_on_embedded_defaults() {
-    let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut banner = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.starts_with("ready ") {
-                let _ = tx.send((line, banner.clone()));
-            }
-        }
-    });
-    let (line, banner) = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("up did not start");
+    let mut up = Up::start(&[]);
     assert!(
-        banner.contains("curl"),
-        "banner should show a curl to try:\n{banner}"
+        up.banner.contains("curl"),
+        "banner should show a curl to try:\n{}",
+        up.banner
     );
-    let (listeners, admin) = parse_ready(&line);
-    let proxy = format!("http://{}", listeners[0].1);
-    let admin = format!("http://{admin}");
     let c = http1_client();
 
-    let rep = get(&c, &format!("{proxy}/")).await.unwrap();
+    let rep = get(&c, &up.url("/")).await.unwrap();
     assert_eq!(rep.status, 200);
     let name = rep.json()["upstream"].as_str().unwrap().to_string();
     assert!(
         ["alpha", "beta", "gamma"].contains(&name.as_str()),
         "{name}"
     );
-    let m = String::from_utf8_lossy(&get(&c, &format!("{admin}/metrics")).await.unwrap().body)
+    // Counted before the client had the response's last byte: no waiting needed.
+    let m = String::from_utf8_lossy(&get(&c, &up.admin_url("/metrics")).await.unwrap().body)
         .into_owned();
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("vivremotion_proxy_requests_total{") && !l.ends_with(" 0")),
-        "{m}"
-    );
-    let up = get(&c, &format!("{admin}/api/v1/upstreams"))
+    let counted: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("vivremotion_proxy_requests_total{") && l.contains("code_class=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 1.0, "{m}");
+    let upstreams = get(&c, &up.admin_url("/api/v1/upstreams"))
         .await
         .unwrap()
         .json();
-    assert_eq!(up["endpoints"].as_array().unwrap().len(), 3);
+    assert_eq!(upstreams["endpoints"].as_array().unwrap().len(), 3);
+    let demo = get(&c, &up.admin_url("/api/v1/demo/upstreams"))
+        .await
+        .unwrap()
+        .json();
+    let alpha = demo["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alpha")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
-    // Take one demo upstream down: after its first failures, P2C routes around it.
+    // Take one demo upstream down: P2C routes around it, and the health checks `up` runs
+    // mark it unhealthy.
     let rep = post_json(
         &c,
-        &format!("{admin}/api/v1/demo/upstreams/alpha"),
+        &up.admin_url("/api/v1/demo/upstreams/alpha"),
         "{\"down\": true}",
         "POST",
     )
@@ -480,7 +804,7 @@ async fn up_runs_everything_on_embedded_defaults() {
     assert_eq!(rep.json()["settings"]["down"], true);
     let bad = post_json(
         &c,
-        &format!("{admin}/api/v1/demo/upstreams/gamma"),
+        &up.admin_url("/api/v1/demo/upstreams/gamma"),
         "{\"error_rate\": 2}",
         "POST",
     )
@@ -488,7 +812,7 @@ async fn up_runs_everything_on_embedded_defaults() {
     assert_eq!(bad.status, 422);
     let unknown_field = post_json(
         &c,
-        &format!("{admin}/api/v1/demo/upstreams/gamma"),
+        &up.admin_url("/api/v1/demo/upstreams/gamma"),
         "{\"latency\": 2}",
         "POST",
     )
@@ -496,37 +820,158 @@ async fn up_runs_everything_on_embedded_defaults() {
     assert_eq!(unknown_field.status, 400);
     let mut ok = 0;
     for _ in 0..40 {
-        let rep = get(&c, &format!("{proxy}/")).await.unwrap();
+        let rep = get(&c, &up.url("/")).await.unwrap();
         if rep.status == 200 {
             assert_ne!(rep.json()["upstream"], "alpha");
             ok += 1;
         }
     }
     assert!(ok >= 36, "with alpha down, only {ok}/40 succeeded");
+    let unhealthy = eventually(Duration::from_secs(10), || {
+        let (c, url, alpha) = (c.clone(), up.admin_url("/api/v1/upstreams"), alpha.clone());
+        async move {
+            let u = get(&c, &url).await.unwrap().json();
+            u["endpoints"].as_array().unwrap().iter().any(|e| {
+                e["address"] == alpha.as_str()
+                    && e["active_health"] == "unhealthy"
+                    && e["health"] == "unhealthy"
+            })
+        }
+    })
+    .await;
+    assert!(
+        unhealthy,
+        "alpha never showed unhealthy in /api/v1/upstreams"
+    );
+    let m = String::from_utf8_lossy(&get(&c, &up.admin_url("/metrics")).await.unwrap().body)
+        .into_owned();
+    assert_eq!(
+        sample(
+            &m,
+            &format!("vivremotion_proxy_upstream_healthy{{cluster=\"demo\",upstream=\"{alpha}\"}}")
+        ),
+        Some(0.0),
+        "{m}"
+    );
     let rep = post_json(
         &c,
-        &format!("{admin}/api/v1/demo/upstreams/alpha"),
+        &up.admin_url("/api/v1/demo/upstreams/alpha"),
         "{\"down\": false}",
         "POST",
     )
     .await;
     assert_eq!(rep.status, 200);
 
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "up did not exit after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(up.stop_with("INT", Duration::from_secs(10)), Some(0));
+}
+
+/// The access log: one JSON line per client request, on both request paths, with what an
+/// operator greps for; written off the request path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request() {
+    let b = backend("a", 0.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        r#"
+[proxy]
+workers = 1
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "main"
+listen = "127.0.0.1:0"
+[access_log]
+path = "{}"
+[clusters.backend]
+endpoints = ["{}"]
+[[routes]]
+name = "limited"
+cluster = "backend"
+match = {{ path_prefix = "/limited" }}
+rate_limits = [{{ name = "one", rate = 0.001, burst = 1 }}]
+[[routes]]
+name = "all"
+cluster = "backend"
+match = {{ path_prefix = "/all" }}
+"#,
+        log_path.display(),
+        b.addr()
+    ));
+    let c = http1_client();
+    // Fast path, hyper path (h2c), a rate-limited request, and one no route takes.
+    assert_eq!(
+        get(&c, &proxy.url("/all/one?x=1")).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        get(&h2c_client(), &proxy.url("/all/two"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(get(&c, &proxy.url("/limited")).await.unwrap().status, 200);
+    let limited = get(&c, &proxy.url("/limited")).await.unwrap();
+    assert_eq!(limited.status, 429);
+    assert_eq!(get(&c, &proxy.url("/nowhere")).await.unwrap().status, 404);
+
+    let read = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+            })
+            .collect::<Vec<_>>()
     };
-    assert_eq!(code, Some(0));
+    let complete = eventually(Duration::from_secs(5), || {
+        let n = read().len();
+        async move { n >= 5 }
+    })
+    .await;
+    let lines = read();
+    assert!(complete, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let one = &lines[0];
+    assert_eq!(one["method"], "GET");
+    assert_eq!(one["path"], "/all/one?x=1");
+    assert_eq!(one["route"], "all");
+    assert_eq!(one["upstream"], b.addr().to_string());
+    assert_eq!(one["status"], 200);
+    assert_eq!(one["admission"], "admitted");
+    assert_eq!(one["priority"], "default");
+    assert_eq!(one["retries"], 0);
+    assert!(one["bytes_out"].as_u64().unwrap() > 0);
+    assert!(one["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(one["request_id"].as_str().unwrap().len(), 32);
+    assert!(one["ts"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(lines[1]["path"], "/all/two");
+    assert_eq!(lines[1]["status"], 200);
+    let refused = &lines[3];
+    assert_eq!(
+        (refused["status"].as_u64(), refused["admission"].as_str()),
+        (Some(429), Some("limited"))
+    );
+    assert_eq!(refused["route"], "limited");
+    assert!(refused["upstream"].is_null());
+    assert_eq!(
+        refused["request_id"].as_str(),
+        limited.headers["x-request-id"].to_str().ok()
+    );
+    assert_eq!(
+        (lines[4]["status"].as_u64(), lines[4]["admission"].as_str()),
+        (Some(404), Some("none"))
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        sample(&m, "vivremotion_proxy_access_log_lines_total "),
+        Some(5.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "vivremotion_proxy_access_log_lines_dropped_total "),
+        Some(0.0),
+        "{m}"
+    );
 }

@@ -312,3 +312,39 @@ cluster = "backend"
     let got = exchange(h1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await;
     assert!(got.is_empty(), "http1 listener spoke HTTP/2: {got:?}");
 }
+
+/// `curl --http2 http://...` offers `Upgrade: h2c`. The upgrade is to HTTP/2 with this hop,
+/// so it must never reach the upstream (which would switch protocols under the proxy): the
+/// offer is dropped and the request answered in HTTP/1.1, as RFC 9113 lets a server do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_offer_is_answered_in_http1_not_relayed() {
+    let b = backend("h2c", 0.0).await;
+    let proxy = Proxy::start(&round_robin_config(&[b]));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /h2c HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/7.88.1\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy closes after Connection: close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    // Chunked or not, the demo upstream's JSON object is the body's only content.
+    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let echoed: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let headers = echoed["headers"].as_object().unwrap();
+    for h in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            !headers.contains_key(h),
+            "{h} reached the upstream: {echoed}"
+        );
+    }
+    assert_eq!(echoed["version"], "HTTP/1.1");
+}

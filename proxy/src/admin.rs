@@ -21,12 +21,53 @@ use std::sync::{Arc, OnceLock};
 /// Largest request body the admin API reads (policies, demo settings).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
-/// The process-wide `metrics` recorder, installed on first use.
+/// The process-wide `metrics` recorder, installed on first use, with every family it will
+/// carry described and its known series registered at 0: `promtool check metrics` wants a
+/// HELP line for each family, and `rate()` needs a series to exist before its first event.
 pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            let h = PrometheusBuilder::new().install_recorder().ok();
+            if h.is_some() {
+                register_process_metrics();
+            }
+            h
+        })
         .as_ref()
+}
+
+fn register_process_metrics() {
+    use metrics::{counter, describe_counter, describe_gauge, gauge};
+    describe_counter!(
+        "vivremotion_proxy_config_reloads_total",
+        "Config reloads by result (applied, rejected: the previous config kept serving)."
+    );
+    for result in ["applied", "rejected"] {
+        counter!("vivremotion_proxy_config_reloads_total", "result" => result).increment(0);
+    }
+    describe_counter!(
+        "vivremotion_proxy_policy_applied_total",
+        "Policies applied (admin API or bus)."
+    );
+    counter!("vivremotion_proxy_policy_applied_total").increment(0);
+    describe_counter!(
+        "vivremotion_proxy_policy_rejected_total",
+        "Policies rejected by reason; nothing changed."
+    );
+    for reason in crate::state::PolicyRejected::REASONS {
+        counter!("vivremotion_proxy_policy_rejected_total", "reason" => reason).increment(0);
+    }
+    describe_gauge!(
+        "vivremotion_proxy_policy_version",
+        "Version of the policy in force (0: none, the config's values apply)."
+    );
+    gauge!("vivremotion_proxy_policy_version").set(0.0);
+    describe_counter!(
+        "vivremotion_proxy_accept_errors_total",
+        "Failed accepts on a proxy listener (e.g. out of file descriptors)."
+    );
+    counter!("vivremotion_proxy_accept_errors_total").increment(0);
 }
 
 pub struct Admin {
@@ -102,34 +143,36 @@ impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
         let m = req.method().clone();
+        // HEAD is GET without the body (hyper leaves the body out and keeps its length).
+        let get = m == Method::GET || m == Method::HEAD;
         match path.as_str() {
-            "/metrics" if m == Method::GET => self.metrics(),
-            "/healthz" if m == Method::GET => json_response(StatusCode::OK, &json!({"status": "ok"})),
-            "/readyz" if m == Method::GET => self.readyz(),
-            "/api/v1/config" if m == Method::GET => self.config(),
+            "/metrics" if get => self.metrics(),
+            "/healthz" if get => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/readyz" if get => self.readyz(),
+            "/api/v1/config" if get => self.config(),
             "/api/v1/config/reload" if m == Method::POST => self.reload().await,
-            "/api/v1/upstreams" if m == Method::GET => self.upstreams(),
-            "/api/v1/limits" if m == Method::GET => json_response(
+            "/api/v1/upstreams" if get => self.upstreams(),
+            "/api/v1/limits" if get => json_response(
                 StatusCode::OK,
                 &crate::limits::describe(&self.shared.snapshot.load()),
             ),
-            "/api/v1/telemetry" if m == Method::GET => self.telemetry(&req),
-            "/api/v1/policy" if m == Method::GET => self.get_policy(),
+            "/api/v1/telemetry" if get => self.telemetry(&req),
+            "/api/v1/policy" if get => self.get_policy(),
             "/api/v1/policy" if m == Method::PUT || m == Method::POST => self.put_policy(req).await,
-            "/api/v1/demo/upstreams" if m == Method::GET => self.demo_list(),
+            "/api/v1/demo/upstreams" if get => self.demo_list(),
             p if p.starts_with("/api/v1/demo/upstreams/") && m == Method::POST => {
                 let name = p["/api/v1/demo/upstreams/".len()..].to_string();
                 self.demo_set(&name, req).await
             }
-            p if p.starts_with("/api/v1/demo/upstreams/") && m == Method::GET => {
+            p if p.starts_with("/api/v1/demo/upstreams/") && get => {
                 let name = p["/api/v1/demo/upstreams/".len()..].to_string();
                 self.demo_get(&name)
             }
             "/metrics" | "/healthz" | "/readyz" | "/api/v1/config" | "/api/v1/upstreams" | "/api/v1/limits"
-            | "/api/v1/telemetry" | "/api/v1/demo/upstreams" => method_not_allowed("GET"),
-            "/api/v1/policy" => method_not_allowed("GET, PUT, POST"),
+            | "/api/v1/telemetry" | "/api/v1/demo/upstreams" => method_not_allowed("GET, HEAD"),
+            "/api/v1/policy" => method_not_allowed("GET, HEAD, PUT, POST"),
             "/api/v1/config/reload" => method_not_allowed("POST"),
-            p if p.starts_with("/api/v1/demo/upstreams/") => method_not_allowed("GET, POST"),
+            p if p.starts_with("/api/v1/demo/upstreams/") => method_not_allowed("GET, HEAD, POST"),
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -144,9 +187,17 @@ impl Admin {
             .draining
             .load(std::sync::atomic::Ordering::Relaxed)
         {
+            let in_flight: i64 = self
+                .shared
+                .registries
+                .stats
+                .all()
+                .iter()
+                .map(|s| s.totals().in_flight.max(0))
+                .sum();
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "draining"}),
+                &json!({"status": "draining", "in_flight": in_flight}),
             )
         } else {
             json_response(StatusCode::OK, &json!({"status": "ready"}))
@@ -264,24 +315,33 @@ impl Admin {
 
     fn telemetry(&self, req: &Request<Incoming>) -> Resp {
         let limit = match query_param(req, "limit").map(str::parse::<usize>) {
-            None => 10_000,
-            Some(Ok(n)) => n.min(100_000),
-            Some(Err(_)) => {
-                return error(StatusCode::BAD_REQUEST, "bad_query", "limit: not a number")
+            None => None,
+            Some(Ok(n)) if n > 0 => Some(n.min(100_000)),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    "limit: expected a whole number from 1 to 100000",
+                )
             }
         };
-        let windows = match query_param(req, "since").map(str::parse::<u64>) {
-            None => self.shared.telemetry.latest().as_ref().clone(),
-            Some(Ok(since)) => self.shared.telemetry.since(since, limit),
+        let since = match query_param(req, "since").map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(s)) => Some(s),
             Some(Err(_)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "bad_query",
-                    "since: not a sequence number",
+                    "since: not a sequence number (use next_since from the previous answer)",
                 )
             }
         };
-        json_response(StatusCode::OK, &json!({"windows": windows}))
+        // A follower that gives no limit still gets a bounded answer.
+        let limit = limit.or(since.map(|_| 10_000));
+        json_response(
+            StatusCode::OK,
+            &json!(self.shared.telemetry.page(since, limit)),
+        )
     }
 
     fn get_policy(&self) -> Resp {
@@ -451,6 +511,23 @@ impl Admin {
             "vivremotion_proxy_config_generation {}",
             snap.generation
         );
+        let log = self.shared.access_log.as_deref();
+        for (name, help, v) in [
+            (
+                "vivremotion_proxy_access_log_lines_total",
+                "Access log lines written (0 without an access log).",
+                log.map_or(0, |l| l.written()),
+            ),
+            (
+                "vivremotion_proxy_access_log_lines_dropped_total",
+                "Access log lines dropped because the writer fell behind and its buffer was full.",
+                log.map_or(0, |l| l.dropped()),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
+        }
         let mut r = Response::new(Full::new(Bytes::from(out)));
         r.headers_mut().insert(
             CONTENT_TYPE,

@@ -2,6 +2,7 @@
 //! reloader, and drains on shutdown. [`App::build`] binds everything (port 0 allowed) so
 //! callers and tests learn the real addresses before [`App::run`].
 
+use crate::access_log::AccessLog;
 use crate::admin::{metrics_handle, Admin};
 use crate::config::Config;
 use crate::demo::DemoUpstreams;
@@ -28,12 +29,14 @@ use vivremotion_protocol::{Clock, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("{0}")]
+    #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] ServerError),
     #[error("global_limits.redis_url: {0}")]
     LimitStore(crate::limits::store::StoreError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("admin API: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -105,7 +108,11 @@ impl App {
             ),
             None => Arc::new(MemoryStore::new(opts.clock.clone())),
         };
-        let shared = Shared::new(opts.config, opts.clock, seed)?;
+        let access_log = match &cfg.access_log {
+            Some(c) => Some(AccessLog::start(c)?),
+            None => None,
+        };
+        let shared = Shared::new(opts.config, opts.clock, seed, access_log)?;
         Ok(App {
             limit_store,
             shared,
@@ -152,16 +159,20 @@ impl App {
                 source,
             }
         })?;
-        let admin_task = tokio::spawn(serve_admin(admin_listener, admin, stop_rx.clone()));
-        let tick_task = tokio::spawn(tick_loop(self.shared.clone(), stop_rx.clone()));
+        // The control plane outlives the drain: `/readyz` must answer 503 (not refuse the
+        // connection) while requests finish, and leases, health checks and telemetry keep
+        // serving the requests still in flight.
+        let (control_stop_tx, control_stop) = watch::channel(false);
+        let admin_task = tokio::spawn(serve_admin(admin_listener, admin, control_stop.clone()));
+        let tick_task = tokio::spawn(tick_loop(self.shared.clone(), control_stop.clone()));
         let guard_task = tokio::spawn(crate::health::guard_loop(
             self.shared.clone(),
-            stop_rx.clone(),
+            control_stop.clone(),
         ));
         let lease_task = tokio::spawn(crate::limits::lease_loop(
             self.shared.clone(),
             self.limit_store.clone(),
-            stop_rx.clone(),
+            control_stop.clone(),
         ));
         let reload_task = tokio::spawn(reload_loop(
             self.shared.clone(),
@@ -180,6 +191,12 @@ impl App {
             }
         });
         let _ = joined.await;
+        tracing::info!("drained");
+        if let Some(log) = &self.shared.access_log {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        }
+        let _ = control_stop_tx.send(true);
         let _ = tokio::join!(admin_task, tick_task, guard_task, lease_task, reload_task);
         tracing::info!("stopped");
         Ok(())
@@ -221,19 +238,24 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
+    let tick = |collector: &mut Collector| {
+        let mut windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
+        let now = shared.clock.now();
+        mark_endpoint_state(&shared, &mut windows, now);
+        shared.telemetry.push(windows);
+        let snap = shared.snapshot.load();
+        for r in snap.routes.iter() {
+            r.clients.sweep(now);
+        }
+    };
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
-            _ = interval.tick() => {
-                let mut windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
-                let now = shared.clock.now();
-                mark_endpoint_state(&shared, &mut windows, now);
-                shared.telemetry.push(windows);
-                let snap = shared.snapshot.load();
-                for r in snap.routes.iter() {
-                    r.clients.sweep(now);
-                }
+            _ = stop.changed() => {
+                // The requests that finished during the drain go into one last window.
+                tick(&mut collector);
+                break;
             }
+            _ = interval.tick() => tick(&mut collector),
         }
     }
 }
@@ -267,9 +289,12 @@ fn fingerprint(path: &Path) -> Option<u64> {
 }
 
 fn reload_now(shared: &Shared, path: &Path, trigger: &str) -> Result<Vec<String>, String> {
-    let result = Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|c| shared.apply_config(c).map_err(|e| e.to_string()));
+    let result = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+        let mut warnings = c.warnings();
+        let applied = shared.apply_config(c).map_err(|e| e.to_string())?;
+        warnings.extend(applied);
+        Ok(warnings)
+    });
     match &result {
         Ok(warnings) => {
             metrics::counter!("vivremotion_proxy_config_reloads_total", "result" => "applied")

@@ -3,7 +3,8 @@
 //! Neither body buffers: frames pass through as they arrive, so SSE and large uploads stream.
 //! [`RequestBody`] enforces the route's size limit on the fly (Content-Length alone cannot be
 //! trusted: chunked uploads have none) and counts bytes. [`ResponseBody`] carries the request's
-//! [`Guard`], which records the outcome when the last frame has been sent, or when the client
+//! [`Guard`], which records the outcome when the last frame is handed to hyper (before hyper
+//! writes it, so a client that has the whole response finds it counted), or when the client
 //! goes away, whichever comes first.
 
 use crate::client::{Http1Conn, UpstreamBody};
@@ -51,6 +52,9 @@ pub struct Guard {
     reusable: bool,
     /// The route's concurrency slot, released after the outcome is recorded.
     pub permit: Option<crate::limits::concurrency::Permit>,
+    /// The request's access log line, written when it is recorded (only the guard of the
+    /// answer the client gets carries one; `None` without an access log).
+    pub access: Option<Box<crate::access_log::RequestInfo>>,
 }
 
 impl Guard {
@@ -71,6 +75,7 @@ impl Guard {
             conn: None,
             reusable: false,
             permit: None,
+            access: None,
         }
     }
 
@@ -85,6 +90,7 @@ impl Guard {
             conn: None,
             reusable: false,
             permit: None,
+            access: None,
         }
     }
 
@@ -98,6 +104,9 @@ impl Drop for Guard {
         self.snap
             .stats(self.scope)
             .finish(self.worker, &self.outcome, self.started);
+        if let Some(info) = self.access.take() {
+            crate::access_log::submit(info, &self.snap, self.scope, &self.outcome);
+        }
         if self.started {
             if let ScopeRef::Endpoint { route, endpoint } = self.scope {
                 if let Some(e) = self.snap.endpoint(route, endpoint) {
@@ -270,7 +279,11 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(b) => match b.take() {
-                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Some(bytes) => {
+                    // The only frame: record before the client can have it.
+                    this.guard = None;
+                    Poll::Ready(Some(Ok(Frame::data(bytes))))
+                }
                 None => {
                     this.guard = None;
                     Poll::Ready(None)

@@ -15,6 +15,7 @@
 //! the hyper pipeline, which owns every error answer for those. A connection never goes back
 //! from hyper to the fast path. Both paths record the same telemetry through [`Guard`].
 
+use crate::access_log::{AccessLog, RequestInfo};
 use crate::balance::PickInput;
 use crate::body::{Guard, ScopeRef};
 use crate::client::SendError;
@@ -213,6 +214,7 @@ struct Plan {
     /// The route's concurrency slot, or the queue place to wait in for one.
     permit: Option<Permit>,
     wait: Option<(Priority, Wait)>,
+    access: Option<Box<RequestInfo>>,
 }
 
 /// A request answered without going upstream (rate limited, shed, no endpoint).
@@ -225,6 +227,7 @@ struct Refused {
     client_close: bool,
     head_req: bool,
     t0: Nanos,
+    access: Option<Box<RequestInfo>>,
 }
 
 /// Request bodies up to this size are read and dropped after a refusal, so the connection
@@ -246,7 +249,8 @@ where
     let drained = drain_body(w, io, rbuf, r.body_len).await;
     let keep = drained && !r.client_close && !*shutdown.borrow();
     let latency_us = w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
-    let guard = Guard::local(r.snap, ScopeRef::Route(r.route as u32), w.id, outcome());
+    let mut guard = Guard::local(r.snap, ScopeRef::Route(r.route as u32), w.id, outcome());
+    guard.access = r.access;
     write_error(
         io, wbuf, &r.err, &r.rid, guard, latency_us, keep, r.head_req,
     )
@@ -502,7 +506,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     };
     let client_ip = peer.info.client.ip();
     let head_req = method == "HEAD";
-    let refuse = |err: ProxyError, rid: HeaderValue| {
+    let mut access = AccessLog::begin(&shared.access_log, &rid, method, target, t0);
+    let refuse = |err: ProxyError, rid: HeaderValue, access| {
         Parsed::Refuse(
             n,
             Box::new(Refused {
@@ -514,6 +519,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
                 client_close,
                 head_req,
                 t0,
+                access,
             }),
         )
     };
@@ -525,8 +531,14 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     {
         Admit::Go(p) => (p, None),
         Admit::Wait(wt) => (None, Some((prio, wt))),
-        Admit::Refuse(err) => return refuse(err, rid),
+        Admit::Refuse(err) => {
+            RequestInfo::admission(&mut access, prio, Some(&err));
+            return refuse(err, rid, access);
+        }
     };
+    if wait.is_none() {
+        RequestInfo::admission(&mut access, prio, None);
+    }
     let input = PickInput::new(
         t0,
         w.id,
@@ -544,7 +556,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
                 if let Some(p) = permit.as_mut() {
                     p.no_sample();
                 }
-                return refuse(route.no_endpoint(why), rid);
+                return refuse(route.no_endpoint(why), rid, access);
             }
         }
     };
@@ -570,6 +582,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         head: Vec::new(),
         permit,
         wait,
+        access,
     };
     let mut plan = Box::new(plan);
     let mut out = Vec::with_capacity(n + 256);
@@ -680,7 +693,9 @@ where
     let mut permit = plan.permit.take();
     if let Some((prio, wait)) = plan.wait.take() {
         let route = &plan.snap.routes[plan.route];
-        let chosen = match route.wait_admission(w.id, prio, wait).await {
+        let waited = route.wait_admission(w.id, prio, wait).await;
+        RequestInfo::admission(&mut plan.access, prio, waited.as_ref().err());
+        let chosen = match waited {
             Ok(p) => {
                 let p = permit.insert(p);
                 tries.input.now = shared.clock.now();
@@ -707,11 +722,13 @@ where
                     client_close: plan.client_close,
                     head_req: plan.head_req,
                     t0: plan.t0,
+                    access: plan.access.take(),
                 };
                 return refuse(w, r, io, rbuf, wbuf, shutdown).await;
             }
         }
     }
+    let mut access = plan.access.take();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
     // The body bytes already read go along with the head (and again with a retried head:
@@ -766,6 +783,8 @@ where
             Ok(Err((Failure::Client(e), _))) => {
                 // The client went away or broke its own request: nothing to answer.
                 guard.outcome.status = 499;
+                RequestInfo::tries(&mut access, tries.count);
+                guard.access = access;
                 return Err(e);
             }
             Ok(Err((Failure::Connect(detail), body_read))) => (
@@ -808,6 +827,8 @@ where
             continue;
         }
         let keep = body_read && !plan.client_close;
+        RequestInfo::tries(&mut access, tries.count);
+        guard.access = access;
         write_error(
             io,
             wbuf,
@@ -822,6 +843,8 @@ where
         return Ok(keep);
     };
     let endpoint = &route.endpoints[ei];
+    RequestInfo::tries(&mut access, tries.count);
+    guard.access = access;
 
     let status = raw.status;
     guard.outcome.status = status;
@@ -897,7 +920,9 @@ where
     }
     wbuf.extend_from_slice(b"\r\n");
 
-    // Body: gather what is already here with the head, then stream the rest.
+    // Body: gather what is already here with the head, then stream the rest. The last piece
+    // stays in `wbuf`: the request is recorded before the client can see its end, so whoever
+    // has read a whole response finds it counted in /metrics and telemetry.
     let mut bytes_out = 0u64;
     let result = copy_body(&mut up, &mut decode, chunked, io, wbuf, &mut bytes_out).await;
     guard.outcome.bytes_out = bytes_out;
@@ -917,6 +942,7 @@ where
             .put_back(w.id, endpoint.id, up, shared.clock.now());
     }
     drop(guard);
+    io.write_all(wbuf).await?;
     Ok(body_read && !close)
 }
 
@@ -1015,7 +1041,8 @@ where
 }
 
 /// Copy the response body to the client, re-chunking when the length is not known. `wbuf`
-/// holds the response head on entry and is written with the first piece of body.
+/// holds the response head on entry and is written with the first piece of body; on success
+/// it holds the last piece (at least the end of the framing), not yet written.
 async fn copy_body<IO>(
     up: &mut h1::Conn,
     decode: &mut Decode,
@@ -1046,13 +1073,13 @@ where
                     put_field(wbuf, n.as_str().as_bytes(), v.as_bytes());
                 }
                 wbuf.extend_from_slice(b"\r\n");
-                return io.write_all(wbuf).await.map_err(Failure::Client);
+                return Ok(());
             }
             Step::End => {
                 if chunked {
                     wbuf.extend_from_slice(b"0\r\n\r\n");
                 }
-                return io.write_all(wbuf).await.map_err(Failure::Client);
+                return Ok(());
             }
             Step::NeedMore => {
                 // Send what we have before waiting on the upstream (SSE must not be held).

@@ -15,9 +15,24 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether the request asks for a protocol upgrade (WebSocket and friends).
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Whether the request asks for a protocol upgrade to relay (WebSocket and friends).
+///
+/// `Upgrade: h2c` (RFC 7540 §3.2) is not relayed: the upgrade is to HTTP/2 with *this* hop,
+/// and an upstream that accepted it would speak HTTP/2 to a client that is talking to the
+/// proxy. Like any server that declines it, the proxy ignores the offer (the fields are
+/// hop-by-hop and removed) and answers in HTTP/1.1; clients that want HTTP/2 in cleartext get
+/// it with prior knowledge, which the listener speaks.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has_token(headers, "upgrade")
+    let offers_other_than_h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"));
+    offers_other_than_h2c && connection_has_token(headers, "upgrade")
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -67,6 +82,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
+    // Only meaningful with `Upgrade: h2c`, which is never relayed.
+    headers.remove(&HTTP2_SETTINGS);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -264,6 +281,27 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_offer_is_dropped_not_relayed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            &HTTP2_SETTINGS,
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(!is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        // Offered along with another protocol, the other one is relayed.
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c, websocket"));
+        assert!(is_upgrade_request(&h));
     }
 
     #[test]

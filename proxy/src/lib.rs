@@ -9,6 +9,7 @@
 //!   [`state`] swaps snapshots whole (config reload, policy swap).
 //! - [`endpoint`]: per-endpoint live load (in-flight, peak-EWMA, passive health).
 //! - [`config`]: two-phase TOML config with field-path errors.
+//! - [`access_log`]: the optional JSON access log, written off the request path.
 //! - [`admin`]: metrics, health, config, upstreams, telemetry, policy, demo controls.
 //! - [`demo`]: controllable demo upstreams for `vivremotion up`.
 //! - [`app`]: wiring, reload and shutdown.
@@ -16,6 +17,7 @@
 //! Decision code ([`balance`], [`endpoint`]) takes time as an argument and randomness from a
 //! seeded RNG so that the simulator can run it on virtual time.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;

@@ -5,6 +5,7 @@
 //! [`Guard`] when the last byte has gone out (or the client left), off the critical path of
 //! the response headers.
 
+use crate::access_log::{AccessLog, RequestInfo};
 use crate::balance::hash::mix64;
 use crate::balance::PickInput;
 use crate::body::{find_body_too_large, Guard, RequestBody, ResponseBody, ScopeRef};
@@ -123,17 +124,27 @@ fn error_response(
     resp
 }
 
-fn local_error(
-    w: &Worker,
-    snap: &Arc<Snapshot>,
-    scope: ScopeRef,
-    err: ProxyError,
-    rid: &HeaderValue,
+/// Everything a request answered by the proxy itself needs: where it is counted and its
+/// access log line.
+struct Local<'a> {
+    w: &'a Worker,
+    snap: &'a Arc<Snapshot>,
+    rid: &'a HeaderValue,
     t0: Nanos,
-) -> Response<ResponseBody> {
-    let latency = elapsed_us(&w.shared, t0);
-    let guard = Guard::local(snap.clone(), scope, w.id, outcome(0, latency));
-    error_response(&err, rid, guard, latency)
+}
+
+impl Local<'_> {
+    fn error(
+        &self,
+        scope: ScopeRef,
+        err: ProxyError,
+        access: Option<Box<RequestInfo>>,
+    ) -> Response<ResponseBody> {
+        let latency = elapsed_us(&self.w.shared, self.t0);
+        let mut guard = Guard::local(self.snap.clone(), scope, self.w.id, outcome(0, latency));
+        guard.access = access;
+        error_response(&err, self.rid, guard, latency)
+    }
 }
 
 /// Handle one request.
@@ -152,17 +163,31 @@ pub async fn handle(
         _ => headers::new_request_id(rng.random()),
     };
 
+    let mut access = AccessLog::begin(
+        &shared.access_log,
+        &rid,
+        req.method().as_str(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        t0,
+    );
+    let local = Local {
+        w: &w,
+        snap: &snap,
+        rid: &rid,
+        t0,
+    };
+
     let head = headers::head_size(req.method(), req.uri(), req.headers());
     let limit = snap.config.proxy.max_header_bytes;
     if head > limit {
         let err = ProxyError::HeadersTooLarge { size: head, limit };
-        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+        return local.error(ScopeRef::Unmatched, err, access);
     }
     if req.method() == Method::CONNECT {
         let err = ProxyError::BadRequest(
             "CONNECT is not supported: vivremotion is a reverse proxy".into(),
         );
-        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+        return local.error(ScopeRef::Unmatched, err, access);
     }
 
     let Some(ri) = snap.route_for(req.method(), req.uri(), req.headers()) else {
@@ -171,7 +196,7 @@ pub async fn handle(
             host: routing::request_host(req.uri(), req.headers()).to_string(),
             path: req.uri().path().to_string(),
         };
-        return local_error(&w, &snap, ScopeRef::Unmatched, err, &rid, t0);
+        return local.error(ScopeRef::Unmatched, err, access);
     };
     let route = &snap.routes[ri];
     let route_scope = ScopeRef::Route(ri as u32);
@@ -181,7 +206,7 @@ pub async fn handle(
             let err = ProxyError::BodyTooLarge {
                 limit: route.cfg.max_body_bytes,
             };
-            return local_error(&w, &snap, route_scope, err, &rid, t0);
+            return local.error(route_scope, err, access);
         }
     }
 
@@ -203,10 +228,17 @@ pub async fn handle(
         Admit::Go(p) => p,
         Admit::Wait(wait) => match route.wait_admission(w.id, prio, wait).await {
             Ok(p) => Some(p),
-            Err(err) => return local_error(&w, &snap, route_scope, err, &rid, t0),
+            Err(err) => {
+                RequestInfo::admission(&mut access, prio, Some(&err));
+                return local.error(route_scope, err, access);
+            }
         },
-        Admit::Refuse(err) => return local_error(&w, &snap, route_scope, err, &rid, t0),
+        Admit::Refuse(err) => {
+            RequestInfo::admission(&mut access, prio, Some(&err));
+            return local.error(route_scope, err, access);
+        }
     };
+    RequestInfo::admission(&mut access, prio, None);
 
     let input = PickInput::new(t0, w.id, route.key_hash(req.headers(), client_ip));
     let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
@@ -216,7 +248,7 @@ pub async fn handle(
             if let Some(p) = permit.as_mut() {
                 p.no_sample();
             }
-            return local_error(&w, &snap, route_scope, route.no_endpoint(why), &rid, t0);
+            return local.error(route_scope, route.no_endpoint(why), access);
         }
     };
     route.deposit(w.id, t0);
@@ -233,7 +265,7 @@ pub async fn handle(
                 Ok(p) => p,
                 Err(e) => {
                     let err = ProxyError::BadRequest(format!("rewritten path is invalid: {e}"));
-                    return local_error(&w, &snap, route_scope, err, &rid, t0);
+                    return local.error(route_scope, err, access);
                 }
             }
         }
@@ -263,7 +295,7 @@ pub async fn handle(
         Ok(u) => u,
         Err(e) => {
             let err = ProxyError::BadRequest(format!("cannot build upstream URI: {e}"));
-            return local_error(&w, &snap, route_scope, err, &rid, t0);
+            return local.error(route_scope, err, access);
         }
     };
     parts.version = if route.clients.transport.protocol == UpstreamProtocol::Http2 {
@@ -351,6 +383,8 @@ pub async fn handle(
             Ok(Err(e)) => match e {
                 SendError::Request(e) => {
                     if let Some(limit) = find_body_too_large(&*e) {
+                        RequestInfo::tries(&mut access, tries.count);
+                        guard.access = access;
                         return error_response(
                             &ProxyError::BodyTooLarge { limit },
                             &rid,
@@ -392,6 +426,8 @@ pub async fn handle(
             tokio::time::sleep(next.2).await;
             continue;
         }
+        RequestInfo::tries(&mut access, tries.count);
+        guard.access = access;
         return error_response(&err, &rid, guard, latency_us);
     };
 
@@ -419,6 +455,8 @@ pub async fn handle(
     headers::apply_ops(h, &route.cfg.response_headers);
     h.insert(&X_REQUEST_ID, rid);
     guard.permit = permit;
+    RequestInfo::tries(&mut access, tries.count);
+    guard.access = access;
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }

@@ -19,6 +19,9 @@ pub enum PolicyRejected {
 }
 
 impl PolicyRejected {
+    /// Every value [`reason`](Self::reason) can take.
+    pub const REASONS: [&'static str; 3] = ["stale", "invalid", "does_not_fit_config"];
+
     pub fn reason(&self) -> &'static str {
         match self {
             PolicyRejected::Invalid(PolicyError::Stale { .. }) => "stale",
@@ -38,6 +41,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Seed of the workers' RNGs.
     pub seed: u64,
+    /// The access log, if the config asks for one (read at start).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     generation: AtomicU64,
     /// Serializes snapshot builds (config reloads and policy swaps).
     build_lock: Mutex<()>,
@@ -48,6 +53,7 @@ impl Shared {
         config: Config,
         clock: Arc<dyn Clock>,
         seed: u64,
+        access_log: Option<Arc<crate::access_log::AccessLog>>,
     ) -> Result<Arc<Shared>, BuildError> {
         let registries = Registries::default();
         let keep = config.telemetry.keep_windows;
@@ -59,6 +65,7 @@ impl Shared {
             telemetry: TelemetryStore::new(keep),
             draining: AtomicBool::new(false),
             seed,
+            access_log,
             generation: AtomicU64::new(1),
             build_lock: Mutex::new(()),
         }))
@@ -94,6 +101,10 @@ impl Shared {
         {
             warnings.push("telemetry settings changed: restart to apply".to_string());
             config.telemetry = old.telemetry.clone();
+        }
+        if config.access_log != old.access_log {
+            warnings.push("access_log changed: restart to apply".to_string());
+            config.access_log = old.access_log.clone();
         }
         if config.proxy.instance_id != old.proxy.instance_id {
             config.proxy.instance_id = old.proxy.instance_id.clone();

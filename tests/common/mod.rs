@@ -95,25 +95,56 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        signal(&self.child, sig);
     }
 
     /// Wait for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, within)
     }
+
+    /// The text of the proxy's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = get(&http1_client(), &self.admin_url("/metrics"))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+}
+
+/// The value of the first sample of `/metrics` text whose line starts with `series` (a name
+/// with its opening labels, e.g. `vivremotion_proxy_requests_in_flight{route="all"`).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Run `promtool check metrics` on `/metrics` text; panics with promtool's complaints.
+pub fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (apt-get install prometheus; .ci/run does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Proxy {
@@ -121,6 +152,98 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A running `vivremotion up` (proxy, admin API and three demo upstreams in one process),
+/// killed on drop, so a failing test never leaves it running.
+pub struct Up {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// Everything `up` printed up to its ready line.
+    pub banner: String,
+}
+
+impl Up {
+    pub fn start(extra: &[&str]) -> Up {
+        let mut child = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                banner.push_str(&line);
+                banner.push('\n');
+                if line.starts_with("ready ") {
+                    let _ = tx.send((line, banner.clone()));
+                }
+            }
+        });
+        let (line, banner) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(x) => x,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`vivremotion up` did not print its ready line");
+            }
+        };
+        let (listeners, admin) = parse_ready(&line);
+        Up {
+            child,
+            proxy: listeners[0].1,
+            admin,
+            banner,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Send `sig` (e.g. "INT") and wait for the exit code.
+    pub fn stop_with(&mut self, sig: &str, within: Duration) -> Option<i32> {
+        signal(&self.child, sig);
+        wait_exit(&mut self.child, within)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send a signal by name to a child process.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Poll a child until it exits; its exit code, or `None` if it is still running.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// Parse `ready listeners=main@127.0.0.1:1234,tls@... admin=127.0.0.1:5678`.

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod guard;
 pub mod raw;
+mod source;
 
 pub use raw::{BalancerKind, ListenerProtocol, UpstreamProtocol};
 
@@ -26,16 +27,33 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
+    /// Field path (`routes[2].cluster`); empty for the whole file (a syntax error).
     pub path: String,
     pub reason: String,
+    /// 1-based line the field (or the table that misses it) is written on, when known.
+    pub line: Option<u32>,
+    /// 1-based column, for syntax errors.
+    pub column: Option<u32>,
 }
 
 impl fmt::Display for FieldError {
+    /// `path: reason`, without the location (see [`FieldError::located`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
             write!(f, "{}", self.reason)
         } else {
             write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+impl FieldError {
+    /// `line 12: path: reason` (`line 12, column 5: ...` for syntax errors).
+    pub fn located(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("line {l}, column {c}: {self}"),
+            (Some(l), None) => format!("line {l}: {self}"),
+            _ => self.to_string(),
         }
     }
 }
@@ -47,7 +65,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", .0.iter().map(FieldError::located).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<FieldError>),
 }
 
@@ -70,6 +88,8 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub routes: Vec<RouteConfig>,
     pub global_limits: admission::GlobalLimitsConfig,
+    /// `None`: no access log (the default).
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -310,23 +330,42 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parse and validate TOML text.
+    /// Parse and validate TOML text. Every problem is reported, each with its field path
+    /// and, where the file shows it, its line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| {
-            ConfigError::Invalid(vec![FieldError {
-                path: String::new(),
-                reason: format!("TOML syntax: {}", e.message().trim()),
-            }])
-        })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError::Invalid(vec![FieldError {
-                path: if path == "." { String::new() } else { path },
-                reason: inner.message().trim().to_string(),
-            }])
-        })?;
-        validate(raw)
+        let doc = source::Doc::parse(text).map_err(|e| ConfigError::Invalid(vec![e]))?;
+        let (raw, mut errors) = doc.raw_config();
+        match raw.map(validate) {
+            Some(Ok(config)) if errors.is_empty() => return Ok(config),
+            Some(Err(ConfigError::Invalid(more))) => {
+                errors.extend(more.into_iter().map(|e| doc.locate(e)));
+            }
+            _ => {}
+        }
+        // In file order; errors without a line (whole-file checks) last.
+        errors.sort_by_key(|e| e.line.unwrap_or(u32::MAX));
+        Err(ConfigError::Invalid(errors))
+    }
+
+    /// What is valid but probably not meant: said at start, on reload and by `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.routes.is_empty() {
+            w.push("no [[routes]]: every request will be answered 404 no_route".to_string());
+        }
+        for (name, c) in &self.clusters {
+            if !self.routes.iter().any(|r| &r.cluster == name) {
+                w.push(format!(
+                    "clusters.{name}: no route sends traffic to this cluster"
+                ));
+            }
+            if c.endpoints.iter().all(|e| e.weight == 0) {
+                w.push(format!(
+                    "clusters.{name}.endpoints: every endpoint has weight 0, so none gets traffic"
+                ));
+            }
+        }
+        w
     }
 
     /// The config as JSON with credentials redacted, for the admin API.
@@ -344,6 +383,8 @@ impl Errors {
         self.0.push(FieldError {
             path: path.into(),
             reason: reason.into(),
+            line: None,
+            column: None,
         });
     }
 
@@ -540,6 +581,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let clusters = validate_clusters(&raw.clusters, &mut errs);
     let routes = validate_routes(&raw.routes, &clusters, &mut errs);
     let global_limits = admission::global_limits(&raw.global_limits, &mut errs);
+    let access_log = access_log(&raw.access_log, &mut errs);
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -550,10 +592,40 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             clusters,
             routes,
             global_limits,
+            access_log,
         })
     } else {
         Err(ConfigError::Invalid(errs.0))
     }
+}
+
+fn access_log(
+    raw: &Option<RawAccessLog>,
+    errs: &mut Errors,
+) -> Option<crate::access_log::AccessLogConfig> {
+    use crate::access_log::{AccessLogConfig, Target};
+    let raw = raw.as_ref()?;
+    let target = match raw.path.trim() {
+        "" => {
+            errs.push(
+                "access_log.path",
+                "must not be empty: a file, \"stdout\" or \"stderr\"",
+            );
+            return None;
+        }
+        "stdout" | "-" => Target::Stdout,
+        "stderr" => Target::Stderr,
+        p => Target::File(PathBuf::from(p)),
+    };
+    let buffer = match raw.buffer {
+        None => 8192,
+        Some(n) if (1..=1_000_000).contains(&n) => n,
+        Some(n) => {
+            errs.push("access_log.buffer", format!("{n} is outside 1..=1000000"));
+            8192
+        }
+    };
+    Some(AccessLogConfig { target, buffer })
 }
 
 fn validate_listeners(

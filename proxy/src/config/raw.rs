@@ -21,6 +21,16 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub global_limits: super::admission::RawGlobalLimits,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// A file (appended to), "stdout" or "stderr".
+    pub path: String,
+    /// Lines that may wait for the writer before new ones are dropped.
+    pub buffer: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

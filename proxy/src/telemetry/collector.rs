@@ -147,14 +147,62 @@ impl TelemetryStore {
 
     /// Windows with `seq > since`, oldest first, at most `limit`.
     pub fn since(&self, since: u64, limit: usize) -> Vec<Telemetry> {
-        let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
-        t.iter()
-            .flat_map(|tick| tick.iter())
-            .filter(|w| w.seq > since)
-            .take(limit)
-            .cloned()
-            .collect()
+        self.page(Some(since), Some(limit)).windows
     }
+
+    /// One page of windows, oldest first, with the cursor for the next one.
+    ///
+    /// - `since: Some(s)`: windows with `seq > s`, at most `limit` (all if `None`);
+    /// - `since: None, limit: Some(n)`: the `n` most recent windows;
+    /// - neither: the windows of the most recent tick.
+    pub fn page(&self, since: Option<u64>, limit: Option<usize>) -> TelemetryPage {
+        let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
+        let all = || t.iter().flat_map(|tick| tick.iter());
+        let last_seq = t.back().and_then(|tick| tick.last()).map(|w| w.seq);
+        let first_seq = t.front().and_then(|tick| tick.first()).map(|w| w.seq);
+        let windows: Vec<Telemetry> = match (since, limit) {
+            (Some(s), limit) => all()
+                .filter(|w| w.seq > s)
+                .take(limit.unwrap_or(usize::MAX))
+                .cloned()
+                .collect(),
+            (None, Some(n)) => {
+                let total: usize = t.iter().map(|tick| tick.len()).sum();
+                all().skip(total.saturating_sub(n)).cloned().collect()
+            }
+            (None, None) => t.back().map(|tick| tick.to_vec()).unwrap_or_default(),
+        };
+        let next_since = windows
+            .last()
+            .map(|w| w.seq)
+            .or(since)
+            .or(last_seq)
+            .unwrap_or(0);
+        // Windows the caller asked for that are no longer kept (it fell behind by more than
+        // `keep_windows` ticks).
+        let missed = match (since, first_seq) {
+            (Some(s), Some(first)) if first > s.saturating_add(1) => first - s - 1,
+            _ => 0,
+        };
+        TelemetryPage {
+            more: last_seq.is_some_and(|l| l > next_since),
+            windows,
+            next_since,
+            missed,
+        }
+    }
+}
+
+/// What `GET /api/v1/telemetry` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct TelemetryPage {
+    pub windows: Vec<Telemetry>,
+    /// Pass as `since` to get the windows after these.
+    pub next_since: u64,
+    /// More windows after `next_since` are already stored.
+    pub more: bool,
+    /// Windows after `since` that were dropped from the store before they were read.
+    pub missed: u64,
 }
 
 #[cfg(test)]
@@ -253,5 +301,39 @@ mod tests {
         );
         assert_eq!(store.since(5, 100).len(), 1);
         assert_eq!(store.since(0, 1).len(), 1);
+    }
+
+    #[test]
+    fn pages_follow_the_store_with_a_cursor() {
+        let store = TelemetryStore::new(3);
+        let reg = StatsRegistry::default();
+        reg.get_or_create(scope("a"), 1);
+        reg.get_or_create(scope("b"), 1);
+        let mut c = Collector::new("p1", 0);
+        for t in 1..=4 {
+            store.push(c.tick(&reg, t * 1000));
+        }
+        let seqs = |p: &TelemetryPage| p.windows.iter().map(|w| w.seq).collect::<Vec<_>>();
+        // Kept: ticks 2..=4, windows 3..=8.
+        let latest = store.page(None, None);
+        assert_eq!(
+            (seqs(&latest), latest.next_since, latest.more),
+            (vec![7, 8], 8, false)
+        );
+        let newest = store.page(None, Some(3));
+        assert_eq!((seqs(&newest), newest.next_since), (vec![6, 7, 8], 8));
+        let first = store.page(Some(0), Some(4));
+        assert_eq!(seqs(&first), vec![3, 4, 5, 6]);
+        assert_eq!((first.next_since, first.more, first.missed), (6, true, 2));
+        let second = store.page(Some(first.next_since), Some(4));
+        assert_eq!(
+            (seqs(&second), second.next_since, second.more),
+            (vec![7, 8], 8, false)
+        );
+        let empty = store.page(Some(8), None);
+        assert_eq!(
+            (empty.windows.len(), empty.next_since, empty.more),
+            (0, 8, false)
+        );
     }
 }

@@ -31,38 +31,86 @@ fn labels(s: &ScopeStats) -> String {
     )
 }
 
-/// Render request families for all scopes.
-pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
-    let totals: Vec<_> = scopes.iter().map(|s| (labels(s), s.totals())).collect();
+/// What a scope counts, and so which series it exports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Requests no route took.
+    Unmatched,
+    /// A route: admission, retries, and requests answered before an endpoint was picked.
+    Route,
+    /// An endpoint of a route: its tries.
+    Endpoint,
+}
 
-    // Protection events: one counter family each, only scopes where something happened.
-    for (name, help, c) in [
+fn kind(s: &ScopeStats) -> Kind {
+    if s.scope.upstream.is_some() {
+        Kind::Endpoint
+    } else if s.scope.route == crate::snapshot::UNMATCHED_ROUTE {
+        Kind::Unmatched
+    } else {
+        Kind::Route
+    }
+}
+
+const CODE_CLASSES: [(&str, Ctr); 5] = [
+    ("1xx", Ctr::S1xx),
+    ("2xx", Ctr::S2xx),
+    ("3xx", Ctr::S3xx),
+    ("4xx", Ctr::S4xx),
+    ("5xx", Ctr::S5xx),
+];
+
+const ERROR_KINDS: [(&str, Ctr); 5] = [
+    ("connect", Ctr::ErrConnect),
+    ("timeout", Ctr::ErrTimeout),
+    ("reset", Ctr::ErrReset),
+    ("5xx", Ctr::Upstream5xx),
+    ("429", Ctr::Upstream429),
+];
+
+/// Render request families for all scopes.
+///
+/// Every series a scope can have is exported from its creation, at 0 until something
+/// happens, so `rate()` and `increase()` see the first event instead of a series appearing
+/// with its first value already counted. Every family has HELP and TYPE, even when empty.
+pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
+    let totals: Vec<_> = scopes
+        .iter()
+        .map(|s| (labels(s), kind(s), s.totals()))
+        .collect();
+
+    // Protection events: one counter family each, on the scopes that can have them.
+    for (name, help, c, on) in [
         (
             "retries_total",
             "Tries after the first, by route.",
             Ctr::Retries,
+            Kind::Route,
         ),
         (
             "retry_budget_exhausted_total",
             "Retries refused because the route's retry budget was spent.",
             Ctr::RetryBudgetExhausted,
+            Kind::Route,
         ),
         (
             "upstream_ejections_total",
             "Outlier ejections of an endpoint.",
             Ctr::Ejections,
+            Kind::Endpoint,
         ),
         (
             "upstream_breaker_trips_total",
             "Circuit breaker trips of an endpoint.",
             Ctr::BreakerTrips,
+            Kind::Endpoint,
         ),
     ] {
         let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
         let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} counter");
-        for (l, t) in &totals {
+        for (l, k, t) in &totals {
             let v = t.get(c);
-            if v > 0 {
+            if *k == on || v > 0 {
                 let _ = writeln!(out, "vivremotion_proxy_{name}{{{l}}} {v}");
             }
         }
@@ -70,7 +118,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
 
     let _ = writeln!(out, "# HELP vivremotion_proxy_admission_total Admission decisions by route, priority and outcome (admitted; limited: 429 by a rate limit; shed: 503 by the concurrency limit).");
     let _ = writeln!(out, "# TYPE vivremotion_proxy_admission_total counter");
-    for (l, t) in &totals {
+    for (l, k, t) in &totals {
         for p in Priority::ALL {
             for (outcome, c) in [
                 ("admitted", Ctr::admitted(p)),
@@ -78,7 +126,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
                 ("shed", Ctr::shed(p)),
             ] {
                 let v = t.get(c);
-                if v > 0 {
+                if *k == Kind::Route || v > 0 {
                     let _ = writeln!(
                         out,
                         "vivremotion_proxy_admission_total{{{l},priority=\"{}\",outcome=\"{outcome}\"}} {v}",
@@ -89,23 +137,15 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         }
     }
 
-    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class.");
+    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class (upstream=\"\": answered by the proxy before an endpoint was picked).");
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_total counter");
-    for (l, t) in &totals {
-        for (class, c) in [
-            ("1xx", Ctr::S1xx),
-            ("2xx", Ctr::S2xx),
-            ("3xx", Ctr::S3xx),
-            ("4xx", Ctr::S4xx),
-            ("5xx", Ctr::S5xx),
-        ] {
-            let v = t.get(c);
-            if v > 0 {
-                let _ = writeln!(
-                    out,
-                    "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {v}"
-                );
-            }
+    for (l, _, t) in &totals {
+        for (class, c) in CODE_CLASSES {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {}",
+                t.get(c)
+            );
         }
     }
 
@@ -117,16 +157,10 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         out,
         "# TYPE vivremotion_proxy_upstream_errors_total counter"
     );
-    for (l, t) in &totals {
-        for (kind, c) in [
-            ("connect", Ctr::ErrConnect),
-            ("timeout", Ctr::ErrTimeout),
-            ("reset", Ctr::ErrReset),
-            ("5xx", Ctr::Upstream5xx),
-            ("429", Ctr::Upstream429),
-        ] {
+    for (l, k, t) in &totals {
+        for (kind, c) in ERROR_KINDS {
             let v = t.get(c);
-            if v > 0 {
+            if *k == Kind::Endpoint || v > 0 {
                 let _ = writeln!(
                     out,
                     "vivremotion_proxy_upstream_errors_total{{{l},kind=\"{kind}\"}} {v}"
@@ -140,7 +174,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         out,
         "# TYPE vivremotion_proxy_request_duration_seconds histogram"
     );
-    for (l, t) in &totals {
+    for (l, _, t) in &totals {
         let mut cum = 0u64;
         let mut bi = 0usize;
         for &le in LATENCY_BUCKETS_S {
@@ -176,7 +210,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         "# HELP vivremotion_proxy_requests_in_flight Requests being processed."
     );
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_in_flight gauge");
-    for (l, t) in &totals {
+    for (l, _, t) in &totals {
         let _ = writeln!(
             out,
             "vivremotion_proxy_requests_in_flight{{{l}}} {}",
@@ -198,7 +232,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
-        for (l, t) in &totals {
+        for (l, _, t) in &totals {
             let _ = writeln!(out, "{name}{{{l}}} {}", t.get(c));
         }
     }
