@@ -44,8 +44,6 @@ pub enum ProxyError {
     UpstreamReset { endpoint: String, detail: String },
     #[error("upstream {endpoint} did not send response headers within {}", humantime::format_duration(*.timeout))]
     UpstreamTimeout { endpoint: String, timeout: Duration },
-    #[error("proxy is shutting down")]
-    ShuttingDown,
     #[error("rate limit {limit:?} of route {route:?} exceeded; retry in {}s", retry_after_secs(*.retry_after))]
     RateLimited {
         route: String,
@@ -77,7 +75,6 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint { .. }
             | ProxyError::CircuitOpen { .. }
-            | ProxyError::ShuttingDown
             | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. } => {
@@ -99,7 +96,6 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect_error",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
-            ProxyError::ShuttingDown => "shutting_down",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded { .. } => "overloaded",
         }
@@ -117,7 +113,6 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
             ProxyError::NoEndpoint { .. }
             | ProxyError::CircuitOpen { .. }
-            | ProxyError::ShuttingDown
             | ProxyError::Overloaded { .. } => Side::Proxy,
         }
     }
