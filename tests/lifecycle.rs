@@ -619,7 +619,7 @@ async fn readyz_answers_503_while_draining() {
         assert_eq!(*status, 503, "{body}");
         assert_eq!(body["status"], "draining");
     }
-    assert_eq!(answers[0].1["in_flight"], 1);
+    assert_eq!(answers[0].1["upstream_in_flight"], 1);
     let rep = in_flight.await.unwrap().unwrap();
     assert_eq!(rep.status, 200, "in-flight request was cut off");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
@@ -866,10 +866,17 @@ async fn up_runs_everything_on_embedded_defaults() {
 }
 
 /// The access log: one JSON line per client request, on both request paths, with what an
-/// operator greps for; written off the request path.
+/// operator greps for, also for refusals, retries and clients that leave; written off the
+/// request path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request() {
     let b = backend("a", 0.0).await;
+    let slow = backend("slow", 2000.0).await;
+    // Bound, then closed: connections to it are refused.
+    let refused_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
     let proxy = Proxy::start(&format!(
@@ -882,9 +889,14 @@ listen = "127.0.0.1:0"
 name = "main"
 listen = "127.0.0.1:0"
 [access_log]
-path = "{}"
+path = "{log}"
 [clusters.backend]
-endpoints = ["{}"]
+endpoints = ["{b}"]
+[clusters.retry]
+endpoints = ["{refused_addr}", "{b}"]
+balancer = "round_robin"
+[clusters.slow]
+endpoints = ["{slow}"]
 [[routes]]
 name = "limited"
 cluster = "backend"
@@ -894,12 +906,24 @@ rate_limits = [{{ name = "one", rate = 0.001, burst = 1 }}]
 name = "all"
 cluster = "backend"
 match = {{ path_prefix = "/all" }}
+[[routes]]
+name = "retry"
+cluster = "retry"
+match = {{ path_prefix = "/retry" }}
+retry = {{ retries = 1, on = ["connect"], backoff_base = "1ms" }}
+[[routes]]
+name = "slow"
+cluster = "slow"
+match = {{ path_prefix = "/slow" }}
 "#,
-        log_path.display(),
-        b.addr()
+        log = log_path.display(),
+        b = b.addr(),
+        slow = slow.addr()
     ));
     let c = http1_client();
-    // Fast path, hyper path (h2c), a rate-limited request, and one no route takes.
+    // 0: fast path; 1: hyper path (h2c); 2, 3: a rate limit admits, then refuses; 4: no
+    // route; 5: a HEAD the limit refuses; 6, 7: retried past a refusing endpoint; 8: an
+    // HTTP/2 client gives up (resets its stream) while the upstream works.
     assert_eq!(
         get(&c, &proxy.url("/all/one?x=1")).await.unwrap().status,
         200
@@ -915,6 +939,24 @@ match = {{ path_prefix = "/all" }}
     let limited = get(&c, &proxy.url("/limited")).await.unwrap();
     assert_eq!(limited.status, 429);
     assert_eq!(get(&c, &proxy.url("/nowhere")).await.unwrap().status, 404);
+    let head = send(
+        &c,
+        http::Request::head(proxy.url("/limited"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 429);
+    // Two requests: at least one meets the refusing endpoint first (round robin).
+    assert_eq!(get(&c, &proxy.url("/retry/x")).await.unwrap().status, 200);
+    assert_eq!(get(&c, &proxy.url("/retry/y")).await.unwrap().status, 200);
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        get(&h2c_client(), &proxy.url("/slow/x")),
+    )
+    .await;
+    assert!(gone.is_err(), "the slow upstream answered too early");
 
     let read = || {
         std::fs::read_to_string(&log_path)
@@ -925,14 +967,17 @@ match = {{ path_prefix = "/all" }}
             })
             .collect::<Vec<_>>()
     };
-    let complete = eventually(Duration::from_secs(5), || {
-        let n = read().len();
-        async move { n >= 5 }
+    // Every line written and flushed, and no line twice.
+    let complete = eventually(Duration::from_secs(10), || async {
+        sample(
+            &proxy.metrics().await,
+            "vivremotion_proxy_access_log_lines_total ",
+        ) == Some(9.0)
     })
     .await;
     let lines = read();
-    assert!(complete, "{lines:?}");
-    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(complete, "{lines:#?}");
+    assert_eq!(lines.len(), 9, "{lines:#?}");
     let one = &lines[0];
     assert_eq!(one["method"], "GET");
     assert_eq!(one["path"], "/all/one?x=1");
@@ -946,8 +991,10 @@ match = {{ path_prefix = "/all" }}
     assert!(one["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(one["request_id"].as_str().unwrap().len(), 32);
     assert!(one["ts"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(lines[1]["path"], "/all/two");
-    assert_eq!(lines[1]["status"], 200);
+    assert_eq!(
+        (lines[1]["path"].as_str(), lines[1]["status"].as_u64()),
+        (Some("/all/two"), Some(200))
+    );
     let refused = &lines[3];
     assert_eq!(
         (refused["status"].as_u64(), refused["admission"].as_str()),
@@ -963,15 +1010,51 @@ match = {{ path_prefix = "/all" }}
         (lines[4]["status"].as_u64(), lines[4]["admission"].as_str()),
         (Some(404), Some("none"))
     );
-    let m = proxy.metrics().await;
     assert_eq!(
-        sample(&m, "vivremotion_proxy_access_log_lines_total "),
-        Some(5.0),
-        "{m}"
+        (lines[5]["method"].as_str(), lines[5]["status"].as_u64()),
+        (Some("HEAD"), Some(429))
     );
+    assert_eq!(lines[5]["bytes_out"], 0);
+    let retries: Vec<u64> = lines[6..8]
+        .iter()
+        .map(|l| l["retries"].as_u64().unwrap())
+        .collect();
+    assert!(
+        retries.contains(&1) && retries.iter().all(|&r| r <= 1),
+        "{:#?}",
+        &lines[6..8]
+    );
+    for l in &lines[6..8] {
+        assert_eq!(
+            (l["route"].as_str(), l["status"].as_u64()),
+            (Some("retry"), Some(200))
+        );
+        assert_eq!(l["upstream"], b.addr().to_string());
+    }
+    let left = &lines[8];
+    assert_eq!(
+        (left["route"].as_str(), left["status"].as_u64()),
+        (Some("slow"), Some(499)),
+        "{left}"
+    );
+    let m = proxy.metrics().await;
     assert_eq!(
         sample(&m, "vivremotion_proxy_access_log_lines_dropped_total "),
         Some(0.0),
         "{m}"
     );
+    assert_eq!(
+        sample(&m, "vivremotion_proxy_access_log_write_errors_total "),
+        Some(0.0),
+        "{m}"
+    );
+    // The client that left counts as a 4xx of the slow endpoint, not as a 5xx.
+    let slow_5xx: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("vivremotion_proxy_requests_total{route=\"slow\"") && l.contains("5xx")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(slow_5xx, 0.0, "{m}");
 }

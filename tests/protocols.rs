@@ -348,3 +348,35 @@ async fn an_h2c_upgrade_offer_is_answered_in_http1_not_relayed() {
     }
     assert_eq!(echoed["version"], "HTTP/1.1");
 }
+
+/// Offered together with another protocol, `h2c` is taken out and the other one relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_taken_out_of_a_mixed_upgrade_offer() {
+    let b = backend("mixed", 0.0).await;
+    let proxy = Proxy::start(&round_robin_config(&[b]));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c, echo\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "connection closed during upgrade");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The demo upstream echoes the Upgrade value it received.
+    let upgrade = head
+        .lines()
+        .find_map(|l| l.strip_prefix("upgrade: "))
+        .unwrap_or_default();
+    assert_eq!(upgrade.trim(), "echo", "{head}");
+}

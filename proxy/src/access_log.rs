@@ -1,12 +1,20 @@
 //! The optional access log: one JSON line per client request.
 //!
-//! Off by default (`[access_log]` in the config turns it on). The request path never formats
-//! or writes: when a request is recorded, its [`Guard`](crate::body::Guard) hands a small
-//! [`Entry`] (numbers, the request id, the path, and the snapshot it ran on, from which the
-//! writer reads route and endpoint names) to a bounded channel with `try_send`. One writer
-//! thread formats and writes the lines, flushing whenever it has caught up. If the writer
-//! falls behind (a slow disk, a full pipe), new lines are dropped and counted in
-//! `vivremotion_proxy_access_log_lines_dropped_total`; requests never wait for the log.
+//! Off by default (`[access_log]` in the config turns it on). A request's [`RequestInfo`] is
+//! created when its head is read and filled in as the request goes; dropping it writes the
+//! line, exactly once. Normally the request's final [`Guard`](crate::body::Guard) carries it
+//! and hands it the outcome when the request is recorded; if the request ends any other way
+//! (the client resets an HTTP/2 stream or goes away while the request waits in the admission
+//! queue or in a retry backoff, or the drain timeout cuts the connection), the line is still
+//! written, with status 499.
+//!
+//! The request path never formats or writes: dropping the info hands a small [`Entry`]
+//! (numbers, the request id, the path, and the snapshot it ran on, from which the writer reads
+//! route and endpoint names) to a bounded channel with `try_send`. One writer thread formats
+//! and writes the lines, flushing whenever it has caught up. If the writer falls behind (a slow
+//! disk, a full pipe), new lines are dropped and counted in
+//! `vivremotion_proxy_access_log_lines_dropped_total`; lines lost to a write error are counted
+//! in `..._write_errors_total`. Requests never wait for the log.
 
 use crate::body::ScopeRef;
 use crate::snapshot::Snapshot;
@@ -51,21 +59,42 @@ pub enum Admission {
     Shed,
 }
 
-/// What the request path knows of a request for its log line, filled in as it goes.
-#[derive(Debug)]
+/// A request's access log line in the making. Dropping it writes the line.
 pub struct RequestInfo {
     log: Arc<AccessLog>,
-    pub request_id: HeaderValue,
-    pub method: http::Method,
+    snap: Arc<Snapshot>,
+    request_id: HeaderValue,
+    method: http::Method,
     /// Path and query as the client sent them.
-    pub target: String,
-    pub t0: Nanos,
-    pub retries: u32,
-    pub priority: Option<Priority>,
-    pub admission: Admission,
+    target: String,
+    t0: Nanos,
+    retries: u32,
+    priority: Option<Priority>,
+    admission: Admission,
+    route: Option<u32>,
+    /// Request body bytes, counted by the body as it streams (hyper path).
+    bytes_in: Option<Arc<AtomicU64>>,
+    /// Set when the request is recorded.
+    end: Option<(ScopeRef, Outcome)>,
+}
+
+impl std::fmt::Debug for RequestInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestInfo")
+            .field("request_id", &self.request_id)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestInfo {
+    /// The request runs on `route` of its snapshot.
+    pub fn route(info: &mut Option<Box<RequestInfo>>, route: usize) {
+        if let Some(i) = info {
+            i.route = Some(route as u32);
+        }
+    }
+
     /// Admission's verdict: `refused` is the error it answered with, if it refused.
     pub fn admission(
         info: &mut Option<Box<RequestInfo>>,
@@ -82,18 +111,73 @@ impl RequestInfo {
         }
     }
 
-    /// Tries after the first.
+    /// Tries so far (the line reports the tries after the first).
     pub fn tries(info: &mut Option<Box<RequestInfo>>, tries: u32) {
         if let Some(i) = info {
             i.retries = tries.saturating_sub(1);
+        }
+    }
+
+    /// A counter the request body adds its bytes to, when there is an access log.
+    pub fn count_body(info: &mut Option<Box<RequestInfo>>) -> Option<Arc<AtomicU64>> {
+        let i = info.as_mut()?;
+        Some(i.bytes_in.get_or_insert_with(Default::default).clone())
+    }
+
+    /// The request was recorded with this outcome (called by the guard that records it).
+    pub(crate) fn finish(&mut self, scope: ScopeRef, outcome: &Outcome) {
+        self.end = Some((scope, *outcome));
+    }
+}
+
+impl Drop for RequestInfo {
+    fn drop(&mut self) {
+        let clock = &self.snap.clock;
+        let duration_us = clock.now().saturating_since(self.t0).as_nanos() as f64 / 1e3;
+        let (scope, mut outcome) = self.end.take().unwrap_or_else(|| {
+            // Never answered: the client left (or the drain timeout closed the connection).
+            let scope = self.route.map_or(ScopeRef::Unmatched, ScopeRef::Route);
+            let outcome = Outcome {
+                status: 499,
+                upstream_status: None,
+                failure: None,
+                latency_us: duration_us,
+                bytes_in: 0,
+                bytes_out: 0,
+            };
+            (scope, outcome)
+        });
+        if let Some(n) = &self.bytes_in {
+            outcome.bytes_in = outcome.bytes_in.max(n.load(Relaxed));
+        }
+        let entry = Entry {
+            snap: self.snap.clone(),
+            request_id: std::mem::replace(&mut self.request_id, HeaderValue::from_static("")),
+            method: std::mem::take(&mut self.method),
+            target: std::mem::take(&mut self.target),
+            retries: self.retries,
+            priority: self.priority,
+            admission: self.admission,
+            scope,
+            outcome,
+            unix_ms: clock.unix_ms(),
+            duration_us,
+        };
+        if self.log.tx.try_send(Msg::Line(entry)).is_err() {
+            self.log.dropped.fetch_add(1, Relaxed);
         }
     }
 }
 
 /// One line, as it crosses to the writer.
 struct Entry {
-    info: Box<RequestInfo>,
     snap: Arc<Snapshot>,
+    request_id: HeaderValue,
+    method: http::Method,
+    target: String,
+    retries: u32,
+    priority: Option<Priority>,
+    admission: Admission,
     scope: ScopeRef,
     outcome: Outcome,
     unix_ms: u64,
@@ -106,10 +190,16 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
+#[derive(Default)]
+struct Counters {
+    written: AtomicU64,
+    write_errors: AtomicU64,
+}
+
 pub struct AccessLog {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
-    written: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -150,22 +240,23 @@ impl AccessLog {
             ),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.buffer.max(1));
-        let written = Arc::new(AtomicU64::new(0));
-        let w = written.clone();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
         std::thread::Builder::new()
             .name("vm-access-log".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(64 * 1024, out), &w))
+            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(64 * 1024, out), &c))
             .map_err(AccessLogError::Thread)?;
         Ok(Arc::new(AccessLog {
             tx,
             dropped: AtomicU64::new(0),
-            written,
+            counters,
         }))
     }
 
-    /// The start of a request's record, or `None` when there is no access log.
+    /// The start of a request's line, or `None` when there is no access log.
     pub fn begin(
         log: &Option<Arc<AccessLog>>,
+        snap: &Arc<Snapshot>,
         request_id: &HeaderValue,
         method: &str,
         target: &str,
@@ -174,6 +265,7 @@ impl AccessLog {
         let log = log.as_ref()?;
         Some(Box::new(RequestInfo {
             log: log.clone(),
+            snap: snap.clone(),
             request_id: request_id.clone(),
             method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
             target: target.to_string(),
@@ -181,6 +273,9 @@ impl AccessLog {
             retries: 0,
             priority: None,
             admission: Admission::None,
+            route: None,
+            bytes_in: None,
+            end: None,
         }))
     }
 
@@ -206,38 +301,19 @@ impl AccessLog {
         done_rx.recv_timeout(within).is_ok()
     }
 
+    /// Lines dropped because the writer's buffer was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
     }
 
+    /// Lines written and flushed.
     pub fn written(&self) -> u64 {
-        self.written.load(Relaxed)
+        self.counters.written.load(Relaxed)
     }
-}
 
-/// Called by the guard when the request is recorded: never blocks.
-pub(crate) fn submit(
-    info: Box<RequestInfo>,
-    snap: &Arc<Snapshot>,
-    scope: ScopeRef,
-    outcome: &Outcome,
-) {
-    let now = snap.clock.now();
-    let duration_us = now.saturating_since(info.t0).as_nanos() as f64 / 1e3;
-    let log = info.log.clone();
-    let entry = Entry {
-        info,
-        snap: snap.clone(),
-        scope,
-        outcome: *outcome,
-        unix_ms: snap.clock.unix_ms(),
-        duration_us,
-    };
-    match log.tx.try_send(Msg::Line(entry)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            log.dropped.fetch_add(1, Relaxed);
-        }
+    /// Lines lost to a failed write or flush.
+    pub fn write_errors(&self) -> u64 {
+        self.counters.write_errors.load(Relaxed)
     }
 }
 
@@ -253,7 +329,8 @@ struct Line<'a> {
     upstream_status: Option<u16>,
     /// Request received → response headers.
     latency_ms: f64,
-    /// Request received → last byte handed to the client (or the client left).
+    /// Request received → the response's last byte handed to the connection (or the end of
+    /// the request, if it ended otherwise).
     duration_ms: f64,
     bytes_in: u64,
     bytes_out: u64,
@@ -284,9 +361,9 @@ fn format(e: &Entry, out: &mut Vec<u8>) {
     let ts = std::time::UNIX_EPOCH + Duration::from_millis(e.unix_ms);
     let line = Line {
         ts: humantime::format_rfc3339_millis(ts).to_string(),
-        request_id: e.info.request_id.to_str().unwrap_or(""),
-        method: e.info.method.as_str(),
-        path: &e.info.target,
+        request_id: e.request_id.to_str().unwrap_or(""),
+        method: e.method.as_str(),
+        path: &e.target,
         route,
         upstream,
         status: e.outcome.status,
@@ -295,9 +372,9 @@ fn format(e: &Entry, out: &mut Vec<u8>) {
         duration_ms: ms(e.duration_us),
         bytes_in: e.outcome.bytes_in,
         bytes_out: e.outcome.bytes_out,
-        retries: e.info.retries,
-        priority: e.info.priority,
-        admission: e.info.admission,
+        retries: e.retries,
+        priority: e.priority,
+        admission: e.admission,
         upstream_error: e.outcome.failure.map(|f| match f {
             crate::error::UpstreamFailure::Connect => "connect",
             crate::error::UpstreamFailure::Timeout => "timeout",
@@ -309,14 +386,23 @@ fn format(e: &Entry, out: &mut Vec<u8>) {
     }
 }
 
-fn write_loop(rx: Receiver<Msg>, mut out: impl Write, written: &AtomicU64) {
+fn write_loop(rx: Receiver<Msg>, mut out: impl Write, counters: &Counters) {
     let mut buf = Vec::with_capacity(512);
-    let mut write = |e: Entry, out: &mut dyn Write| {
-        buf.clear();
-        format(&e, &mut buf);
-        if out.write_all(&buf).is_ok() {
-            written.fetch_add(1, Relaxed);
-        }
+    // Lines handed to `out` since its last flush: written once the flush succeeds.
+    let mut unflushed = 0u64;
+    let flush = |out: &mut dyn Write, unflushed: &mut u64| {
+        let n = std::mem::take(unflushed);
+        match out.flush() {
+            Ok(()) => counters.written.fetch_add(n, Relaxed),
+            Err(e) => {
+                let before = counters.write_errors.fetch_add(n, Relaxed);
+                // Once, and then every 10,000 lost lines: the counter says how many.
+                if before == 0 || before / 10_000 != (before + n) / 10_000 {
+                    tracing::warn!(error = %e, "access log: cannot write; lines are lost");
+                }
+                before
+            }
+        };
     };
     // Block for the next message; after a burst, flush once caught up, so a quiet log is
     // never behind and a busy one is written in large pieces.
@@ -324,15 +410,25 @@ fn write_loop(rx: Receiver<Msg>, mut out: impl Write, written: &AtomicU64) {
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
-                Msg::Line(e) => write(e, &mut out),
+                Msg::Line(e) => {
+                    buf.clear();
+                    format(&e, &mut buf);
+                    drop(e);
+                    match out.write_all(&buf) {
+                        Ok(()) => unflushed += 1,
+                        Err(_) => {
+                            counters.write_errors.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
                 Msg::Flush(done) => {
-                    let _ = out.flush();
+                    flush(&mut out, &mut unflushed);
                     let _ = done.try_send(());
                 }
             }
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
+        flush(&mut out, &mut unflushed);
     }
-    let _ = out.flush();
+    flush(&mut out, &mut unflushed);
 }

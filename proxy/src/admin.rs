@@ -187,6 +187,8 @@ impl Admin {
             .draining
             .load(std::sync::atomic::Ordering::Relaxed)
         {
+            // Requests with a try in progress at an upstream (not those waiting in an
+            // admission queue or a retry backoff).
             let in_flight: i64 = self
                 .shared
                 .registries
@@ -197,7 +199,7 @@ impl Admin {
                 .sum();
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "draining", "in_flight": in_flight}),
+                &json!({"status": "draining", "upstream_in_flight": in_flight}),
             )
         } else {
             json_response(StatusCode::OK, &json!({"status": "ready"}))
@@ -515,13 +517,18 @@ impl Admin {
         for (name, help, v) in [
             (
                 "vivremotion_proxy_access_log_lines_total",
-                "Access log lines written (0 without an access log).",
+                "Access log lines written and flushed (0 without an access log).",
                 log.map_or(0, |l| l.written()),
             ),
             (
                 "vivremotion_proxy_access_log_lines_dropped_total",
                 "Access log lines dropped because the writer fell behind and its buffer was full.",
                 log.map_or(0, |l| l.dropped()),
+            ),
+            (
+                "vivremotion_proxy_access_log_write_errors_total",
+                "Access log lines lost to a failed write (disk full, closed pipe).",
+                log.map_or(0, |l| l.write_errors()),
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -104,8 +104,8 @@ impl Drop for Guard {
         self.snap
             .stats(self.scope)
             .finish(self.worker, &self.outcome, self.started);
-        if let Some(info) = self.access.take() {
-            crate::access_log::submit(info, &self.snap, self.scope, &self.outcome);
+        if let Some(mut info) = self.access.take() {
+            info.finish(self.scope, &self.outcome);
         }
         if self.started {
             if let ScopeRef::Endpoint { route, endpoint } = self.scope {
@@ -132,6 +132,8 @@ pub struct RequestBody {
     seen: u64,
     /// Where to add the bytes once the body is done.
     account: Option<(Arc<crate::telemetry::ScopeStats>, usize)>,
+    /// The access log's count of this request's body bytes, if there is an access log.
+    count: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl RequestBody {
@@ -141,6 +143,7 @@ impl RequestBody {
             limit,
             seen: 0,
             account: None,
+            count: None,
         }
     }
 
@@ -150,11 +153,16 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             account: None,
+            count: None,
         }
     }
 
     pub fn account_to(&mut self, stats: Arc<crate::telemetry::ScopeStats>, worker: usize) {
         self.account = Some((stats, worker));
+    }
+
+    pub fn count_into(&mut self, count: Option<Arc<std::sync::atomic::AtomicU64>>) {
+        self.count = count;
     }
 }
 
@@ -182,6 +190,9 @@ impl Body for RequestBody {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
+                    if let Some(c) = &this.count {
+                        c.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         this.inner = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
@@ -216,24 +227,32 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     guard: Option<Guard>,
+    /// The upstream body's exact length, when known: once that much has passed the request is
+    /// recorded, even if the upstream signals its end only in a later (empty) frame, which
+    /// hyper may poll for only after the client has the last byte.
+    expect: Option<u64>,
 }
 
 impl ResponseBody {
     pub fn upstream(inner: UpstreamBody, guard: Guard) -> ResponseBody {
         ResponseBody {
+            expect: inner.size_hint().exact(),
             kind: Kind::Upstream(inner),
             guard: Some(guard),
         }
     }
 
-    pub fn full(bytes: Bytes, guard: Option<Guard>) -> ResponseBody {
+    /// A body held in memory. `head`: the answer to a HEAD request, which hyper sends
+    /// without its body (the length still goes out), so none of it is counted as sent.
+    pub fn full(bytes: Bytes, guard: Option<Guard>, head: bool) -> ResponseBody {
         let mut guard = guard;
         if let Some(g) = guard.as_mut() {
-            g.outcome.bytes_out = bytes.len() as u64;
+            g.outcome.bytes_out = if head { 0 } else { bytes.len() as u64 };
         }
         ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             guard,
+            expect: None,
         }
     }
 
@@ -241,6 +260,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             guard: None,
+            expect: None,
         }
     }
 }
@@ -291,10 +311,12 @@ impl Body for ResponseBody {
             },
             Kind::Upstream(inner) => match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
+                    let mut sent = None;
                     if let (Some(d), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
                         g.outcome.bytes_out += d.len() as u64;
+                        sent = Some(g.outcome.bytes_out);
                     }
-                    if inner.is_end_stream() {
+                    if inner.is_end_stream() || (sent.is_some() && sent == this.expect) {
                         // hyper may not poll again after the last frame: finish now.
                         this.finish_upstream();
                     }

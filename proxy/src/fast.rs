@@ -506,7 +506,8 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     };
     let client_ip = peer.info.client.ip();
     let head_req = method == "HEAD";
-    let mut access = AccessLog::begin(&shared.access_log, &rid, method, target, t0);
+    let mut access = AccessLog::begin(&shared.access_log, &snap, &rid, method, target, t0);
+    RequestInfo::route(&mut access, ri);
     let refuse = |err: ProxyError, rid: HeaderValue, access| {
         Parsed::Refuse(
             n,
@@ -747,6 +748,8 @@ where
             endpoint: ei as u32,
         };
         let mut guard = Guard::start(plan.snap.clone(), scope, w.id, outcome());
+        // 499 until the try ends: if the client leaves first, that is what happened.
+        guard.outcome.status = 499;
         let try_t0 = shared.clock.now();
         let limit = tries.try_timeout(route, try_t0);
         let span = tracing::debug_span!(
@@ -1127,7 +1130,7 @@ where
     guard.outcome.latency_us = latency_us;
     tracing::debug!(status = status.as_u16(), error = %err, request_id = ?rid, "request failed");
     let body = err.json_body(rid.to_str().ok());
-    guard.outcome.bytes_out = body.len() as u64;
+    guard.outcome.bytes_out = if head_req { 0 } else { body.len() as u64 };
     wbuf.clear();
     let _ = write!(
         wbuf,

@@ -44,6 +44,32 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Take `h2c` out of the protocols `Upgrade` offers (it is for this hop only); the others
+/// stay, in order.
+fn drop_h2c_offer(headers: &mut HeaderMap) {
+    let offers: Vec<String> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !offers.iter().any(|p| p.eq_ignore_ascii_case("h2c")) {
+        return;
+    }
+    let kept: Vec<&str> = offers
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    headers.remove(header::UPGRADE);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        headers.insert(header::UPGRADE, v);
+    }
+}
+
 /// Remove hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay
 /// so the upgrade can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -86,6 +112,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(&HTTP2_SETTINGS);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        drop_h2c_offer(headers);
     } else {
         headers.remove(header::UPGRADE);
     }
@@ -298,10 +325,12 @@ mod tests {
         assert!(!is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty(), "{h:?}");
-        // Offered along with another protocol, the other one is relayed.
+        // Offered along with another protocol, only the other one is relayed.
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c, websocket"));
         assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
     }
 
     #[test]

@@ -105,13 +105,14 @@ fn error_response(
     rid: &HeaderValue,
     mut guard: Guard,
     latency_us: f64,
+    head: bool,
 ) -> Response<ResponseBody> {
     guard.outcome.status = err.status().as_u16();
     guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
     guard.outcome.latency_us = latency_us;
     tracing::debug!(status = err.status().as_u16(), error = %err, request_id = ?rid, "request failed");
     let body = err.json_body(rid.to_str().ok());
-    let mut resp = Response::new(ResponseBody::full(body, Some(guard)));
+    let mut resp = Response::new(ResponseBody::full(body, Some(guard), head));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -131,6 +132,7 @@ struct Local<'a> {
     snap: &'a Arc<Snapshot>,
     rid: &'a HeaderValue,
     t0: Nanos,
+    head: bool,
 }
 
 impl Local<'_> {
@@ -143,7 +145,7 @@ impl Local<'_> {
         let latency = elapsed_us(&self.w.shared, self.t0);
         let mut guard = Guard::local(self.snap.clone(), scope, self.w.id, outcome(0, latency));
         guard.access = access;
-        error_response(&err, self.rid, guard, latency)
+        error_response(&err, self.rid, guard, latency, self.head)
     }
 }
 
@@ -165,16 +167,19 @@ pub async fn handle(
 
     let mut access = AccessLog::begin(
         &shared.access_log,
+        &snap,
         &rid,
         req.method().as_str(),
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         t0,
     );
+    let head_req = req.method() == Method::HEAD;
     let local = Local {
         w: &w,
         snap: &snap,
         rid: &rid,
         t0,
+        head: head_req,
     };
 
     let head = headers::head_size(req.method(), req.uri(), req.headers());
@@ -200,6 +205,7 @@ pub async fn handle(
     };
     let route = &snap.routes[ri];
     let route_scope = ScopeRef::Route(ri as u32);
+    RequestInfo::route(&mut access, ri);
 
     if let Some(len) = content_length(req.headers()) {
         if len > route.cfg.max_body_bytes {
@@ -328,6 +334,7 @@ pub async fn handle(
     } else {
         let mut b = RequestBody::new(body, route.cfg.max_body_bytes);
         b.account_to(route.stats[ei].clone(), w.id);
+        b.count_into(RequestInfo::count_body(&mut access));
         b
     });
     let (mut guard, mut resp, latency_us) = loop {
@@ -336,7 +343,8 @@ pub async fn handle(
             route: ri as u32,
             endpoint: ei as u32,
         };
-        let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(0, 0.0));
+        // 499 until the try ends: if the client leaves first, that is what happened.
+        let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(499, 0.0));
         let endpoint = &route.endpoints[ei];
         let span = tracing::debug_span!(
             "request",
@@ -390,6 +398,7 @@ pub async fn handle(
                             &rid,
                             guard,
                             latency_us,
+                            head_req,
                         );
                     }
                     (
@@ -428,7 +437,7 @@ pub async fn handle(
         }
         RequestInfo::tries(&mut access, tries.count);
         guard.access = access;
-        return error_response(&err, &rid, guard, latency_us);
+        return error_response(&err, &rid, guard, latency_us, head_req);
     };
 
     let status = resp.status().as_u16();

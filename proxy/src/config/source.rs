@@ -60,10 +60,12 @@ impl<'a> Doc<'a> {
                 Ok(raw) => return ((!broken).then_some(raw), errors),
                 Err(err) => err,
             };
+            // A step serde could not name makes the path unusable for stepping over the
+            // field (it might name another field of the same name): report, then stop.
             let segs: Vec<Seg> = err
                 .path()
                 .iter()
-                .filter_map(|s| match s {
+                .map(|s| match s {
                     serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
                     serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
                     serde_path_to_error::Segment::Enum { variant } => {
@@ -71,7 +73,8 @@ impl<'a> Doc<'a> {
                     }
                     serde_path_to_error::Segment::Unknown => None,
                 })
-                .collect();
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
             let path = err.path().to_string();
             let inner = err.into_inner();
             let line = inner

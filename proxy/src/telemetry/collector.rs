@@ -158,8 +158,12 @@ impl TelemetryStore {
     pub fn page(&self, since: Option<u64>, limit: Option<usize>) -> TelemetryPage {
         let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
         let all = || t.iter().flat_map(|tick| tick.iter());
-        let last_seq = t.back().and_then(|tick| tick.last()).map(|w| w.seq);
-        let first_seq = t.front().and_then(|tick| tick.first()).map(|w| w.seq);
+        let last_seq = t.iter().rev().find_map(|tick| tick.last()).map(|w| w.seq);
+        let first_seq = all().next().map(|w| w.seq);
+        // A cursor from before a restart (sequence numbers start again at 1) would wait for
+        // the new process to catch up: start it over instead, and say so.
+        let reset = matches!((since, last_seq), (Some(s), l) if s > l.unwrap_or(0));
+        let since = if reset { Some(0) } else { since };
         let windows: Vec<Telemetry> = match (since, limit) {
             (Some(s), limit) => all()
                 .filter(|w| w.seq > s)
@@ -189,6 +193,7 @@ impl TelemetryStore {
             windows,
             next_since,
             missed,
+            reset,
         }
     }
 }
@@ -203,6 +208,9 @@ pub struct TelemetryPage {
     pub more: bool,
     /// Windows after `since` that were dropped from the store before they were read.
     pub missed: u64,
+    /// `since` was beyond the newest window (the proxy restarted, so sequence numbers began
+    /// again): this page starts from the oldest window kept.
+    pub reset: bool,
 }
 
 #[cfg(test)]
@@ -334,6 +342,13 @@ mod tests {
         assert_eq!(
             (empty.windows.len(), empty.next_since, empty.more),
             (0, 8, false)
+        );
+        assert!(!empty.reset);
+        // A cursor from a previous run of the process starts over.
+        let stale = store.page(Some(5000), Some(2));
+        assert_eq!(
+            (seqs(&stale), stale.reset, stale.missed),
+            (vec![3, 4], true, 2)
         );
     }
 }
