@@ -880,14 +880,7 @@ async fn access_log_has_one_json_line_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
     let proxy = Proxy::start(&format!(
-        r#"
-[proxy]
-workers = 1
-[admin]
-listen = "127.0.0.1:0"
-[[listeners]]
-name = "main"
-listen = "127.0.0.1:0"
+        r#"{base}
 [access_log]
 path = "{log}"
 [clusters.backend]
@@ -916,6 +909,7 @@ name = "slow"
 cluster = "slow"
 match = {{ path_prefix = "/slow" }}
 "#,
+        base = base_config(1),
         log = log_path.display(),
         b = b.addr(),
         slow = slow.addr()

@@ -46,31 +46,16 @@ impl Proxy {
         let config_path = dir.path().join("vivremotion.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["proxy", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["proxy", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ready ") {
-                    let _ = tx.send(line);
-                }
-            }
+            .stderr(log);
+        let log_path = dir.path().join("proxy.log");
+        let (child, line, _) = start_until_ready(cmd, || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            format!("proxy did not become ready; log:\n{log}")
         });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
-                panic!("proxy did not become ready; log:\n{log}");
-            }
-        };
         let (listeners, admin) = parse_ready(&line);
         Proxy {
             child,
@@ -166,33 +151,13 @@ pub struct Up {
 
 impl Up {
     pub fn start(extra: &[&str]) -> Up {
-        let mut child = Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut banner = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                banner.push_str(&line);
-                banner.push('\n');
-                if line.starts_with("ready ") {
-                    let _ = tx.send((line, banner.clone()));
-                }
-            }
+            .stderr(Stdio::null());
+        let (child, line, banner) = start_until_ready(cmd, || {
+            "`vivremotion up` did not print its ready line".to_string()
         });
-        let (line, banner) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(x) => x,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`vivremotion up` did not print its ready line");
-            }
-        };
         let (listeners, admin) = parse_ready(&line);
         Up {
             child,
@@ -222,6 +187,41 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawn `cmd` and wait (up to 20 s) for its `ready ...` line on stdout. Returns the child,
+/// the ready line and everything printed up to it; if it never gets ready, the child is
+/// stopped and the test fails with `why()`.
+fn start_until_ready(mut cmd: Command, why: impl Fn() -> String) -> (Child, String, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.starts_with("ready ") {
+                let _ = tx.send((line, banner.clone()));
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok((line, banner)) => (child, line, banner),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}", why());
+        }
+    }
+}
+
+/// The start of a config: `workers` workers, admin and one `main` listener on free ports.
+pub fn base_config(workers: usize) -> String {
+    format!(
+        "[proxy]\nworkers = {workers}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n"
+    )
 }
 
 /// Send a signal by name to a child process.
