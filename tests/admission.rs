@@ -305,7 +305,7 @@ async fn under_overload_critical_keeps_its_goodput() {
     let _serial = serial().await;
     let up = UpstreamProcess::start_with("capped", 20.0, &["--max-concurrent", "10"]);
     let endpoints = format!("[\"{}\"]", up.addr);
-    let shedding = r#"concurrency = { limit = 10, queue = 32, max_wait = "20ms" }
+    let shedding = r#"concurrency = { limit = 10, queue = 32, max_wait = "50ms" }
 "#;
     let base = |extra: &str| {
         simple_config(&endpoints, "round_robin", "", "").replace(

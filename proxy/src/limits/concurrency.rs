@@ -286,8 +286,18 @@ impl ConcurrencyLimiter {
             });
         }
         if before >= self.queue_cap.load(Relaxed) {
+            // A full queue makes room for a more important request: the youngest waiter of a
+            // lower class is shed in its place (its wait ends at once, refused). Otherwise a
+            // burst of default requests that fills the queue would shed critical ones.
+            let evicted = (class + 1..q.by_class.len())
+                .rev()
+                .find_map(|c| q.by_class[c].pop_back());
             self.waiting.fetch_sub(1, SeqCst);
-            return Acquire::Shed;
+            match evicted {
+                // Dropping its sender tells the waiter it was refused.
+                Some(w) => drop(w),
+                None => return Acquire::Shed,
+            }
         }
         let (tx, rx) = oneshot::channel();
         let id = q.next_id;
@@ -500,6 +510,49 @@ mod tests {
         assert_eq!(l.in_flight(), 1);
         drop(w);
         assert_eq!(l.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_room_for_a_higher_class() {
+        let l = lim(1, 2);
+        let held = now_permit(l.acquire(Priority::Critical, Nanos(0)));
+        assert!(held.is_some());
+        let Acquire::Wait(d1) = l.acquire(Priority::Default, Nanos(0)) else {
+            panic!("default should wait");
+        };
+        let Acquire::Wait(d2) = l.acquire(Priority::Default, Nanos(0)) else {
+            panic!("default should wait");
+        };
+        // Full of default waiters: another default is shed, a critical one takes the place
+        // of the youngest default waiter.
+        assert!(matches!(
+            l.acquire(Priority::Default, Nanos(0)),
+            Acquire::Shed
+        ));
+        let Acquire::Wait(c) = l.acquire(Priority::Critical, Nanos(0)) else {
+            panic!("critical should wait in a full queue of default requests");
+        };
+        assert_eq!(l.waiting(), 2);
+        // The evicted waiter is refused at once (max_wait is 50 ms; this does not wait).
+        let t = tokio::time::Instant::now();
+        assert!(d2.wait().await.is_none());
+        assert!(t.elapsed() < Duration::from_millis(40));
+        // The freed slot goes to the critical waiter; the older default one times out.
+        drop(held);
+        let p = c.wait().await;
+        assert!(p.is_some());
+        assert!(d1.wait().await.is_none());
+        assert_eq!(l.waiting(), 0);
+        drop(p);
+        assert_eq!(l.in_flight(), 0);
+        // With only critical waiters, a full queue sheds critical too.
+        let l = lim(1, 1);
+        let _held = now_permit(l.acquire(Priority::Critical, Nanos(0)));
+        let _w = l.acquire(Priority::Critical, Nanos(0));
+        assert!(matches!(
+            l.acquire(Priority::Critical, Nanos(0)),
+            Acquire::Shed
+        ));
     }
 
     #[test]
