@@ -12,13 +12,7 @@ pub enum Side {
     Proxy,
 }
 
-/// Upstream failure kinds, as counted in telemetry windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Timeout,
-    Reset,
-}
+pub use vivremotion_decide::telemetry::recorder::UpstreamFailure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

@@ -14,21 +14,19 @@
 //! - [`demo`]: controllable demo upstreams for `vivremotion up`.
 //! - [`app`]: wiring, reload and shutdown.
 //!
-//! Decision code ([`balance`], [`endpoint`]) takes time as an argument and randomness from a
-//! seeded RNG so that the simulator can run it on virtual time.
+//! Decision code ([`balance`], [`guard`], [`endpoint`], telemetry recording) lives in the
+//! IO-free `vivremotion-decide` crate (re-exported here under the same names), so the
+//! simulator runs exactly what the proxy runs.
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
-pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
 pub mod demo;
-pub mod endpoint;
 pub mod error;
 pub mod fast;
-pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod health;
@@ -41,6 +39,9 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+
+// The decision core, under the names the proxy has always used for it.
+pub use vivremotion_decide::{balance, endpoint, guard};
 
 pub use app::{App, AppError, AppOptions};
 pub use config::Config;

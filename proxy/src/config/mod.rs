@@ -264,9 +264,7 @@ fn is_sensitive(name: &HeaderName) -> bool {
     SENSITIVE_HEADERS.contains(&name.as_str())
 }
 
-pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
-}
+pub(crate) use vivremotion_decide::ser::ser_duration;
 
 pub(crate) fn ser_opt_duration<S: serde::Serializer>(
     d: &Option<Duration>,

@@ -86,19 +86,7 @@ pub struct RawServerTls {
     pub key_file: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BalancerKind {
-    /// Smooth weighted round robin (nginx's algorithm).
-    RoundRobin,
-    /// Fewest in-flight requests relative to weight.
-    LeastRequest,
-    /// Power of two choices over peak-EWMA latency × in-flight (linkerd / Finagle).
-    #[default]
-    P2cPeakEwma,
-    /// Maglev consistent hashing on a header or the client IP.
-    ConsistentHash,
-}
+pub use vivremotion_decide::balance::BalancerKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,9 +7,10 @@
 //!   emits one `protocol::Telemetry` window per scope into a bounded in-memory store.
 //! - [`prometheus`]: renders the same cumulative counters in the Prometheus text format.
 
-pub mod collector;
 pub mod prometheus;
-pub mod recorder;
 
-pub use collector::{Collector, TelemetryStore};
-pub use recorder::{Outcome, ScopeStats, StatsRegistry};
+// Recording and collection are decision-core code (IO-free, driven by the simulator too).
+pub use vivremotion_decide::telemetry::{collector, recorder};
+pub use vivremotion_decide::telemetry::{
+    Collector, Outcome, ScopeStats, StatsRegistry, TelemetryStore,
+};

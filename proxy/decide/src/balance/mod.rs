@@ -16,8 +16,23 @@ pub mod hash;
 pub mod maglev;
 pub mod wrr;
 
-use crate::config::BalancerKind;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The balancing algorithm of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    /// Smooth weighted round robin (nginx's algorithm).
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastRequest,
+    /// Power of two choices over peak-EWMA latency × in-flight (linkerd / Finagle).
+    #[default]
+    P2cPeakEwma,
+    /// Maglev consistent hashing on a header or the client IP.
+    ConsistentHash,
+}
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vivremotion_protocol::Nanos;
 

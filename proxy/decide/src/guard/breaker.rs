@@ -21,11 +21,11 @@ pub struct BreakerConfig {
     pub consecutive_failures: u32,
     pub failure_ratio: f64,
     pub min_requests: u32,
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub window: Duration,
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub open_for: Duration,
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub max_open_for: Duration,
     pub probes: u32,
 }

@@ -18,11 +18,11 @@ pub struct OutlierConfig {
     /// Any 5xx in a row that eject. 0: off.
     pub consecutive_5xx: u32,
     /// How often success rates are compared (and ejection counts decay).
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub interval: Duration,
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub base_ejection: Duration,
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::ser::ser_duration")]
     pub max_ejection: Duration,
     /// Share of a cluster that may be ejected at once (0..=1).
     pub max_ejection_share: f64,

@@ -1,11 +1,18 @@
 //! Per-scope, per-worker request statistics.
 
-use crate::error::UpstreamFailure;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use vivremotion_protocol::sketch::{bucket_index, DENSE_BUCKETS};
 use vivremotion_protocol::telemetry::{Priority, Scope};
+
+/// Upstream failure kinds, as counted in telemetry windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Reset,
+}
 
 /// Counter slots in a shard.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,19 @@
+//! The decision core: the parts of the data plane that decide, without doing any IO.
+//!
+//! The proxy's IO shell (listeners, codecs, upstream connections, admin API, Redis, control
+//! loops) and the simulator both drive this code, so what the simulator predicts is what the
+//! proxy does. Time comes in as `Nanos` (from a `protocol::Clock`), randomness from a seeded
+//! RNG; nothing here reads a clock, opens a socket or spawns a task.
+//!
+//! Layout:
+//! - [`balance`]: smooth WRR, least-request, P2C peak-EWMA, Maglev; [`balance::BalancerKind`].
+//! - [`guard`]: GCRA, retry budget, circuit breaker, outlier ejection, gradient limit.
+//! - [`endpoint`]: per-endpoint live state (in-flight, peak-EWMA, health, ejection, breaker).
+//! - [`telemetry`]: per-worker recording shards and the per-tick window collector.
+//! - [`ser`]: serde helpers shared with the proxy's config.
+
+pub mod balance;
+pub mod endpoint;
+pub mod guard;
+pub mod ser;
+pub mod telemetry;
