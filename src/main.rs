@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use vivremotion_proxy::config::Config;
+use vivremotion_proxy::config::{Config, ConfigError};
 use vivremotion_proxy::demo::{DemoSettings, DemoUpstream, DemoUpstreams};
 use vivremotion_proxy::{App, AppOptions};
 
@@ -152,25 +152,21 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!(
+                "error: {}",
+                vivremotion_proxy::error::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// An error and its causes on one line, each said once: many errors already include their
-/// source's text, and printing the chain again would repeat it.
-fn report(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for cause in e.chain() {
-        let m = cause.to_string();
-        if s.contains(&m) {
-            continue;
-        }
-        if !s.is_empty() {
-            s.push_str(": ");
-        }
-        s.push_str(&m);
+/// `FILE: invalid` and every error of the file on its own indented line.
+fn invalid(file: &std::path::Path, e: &ConfigError) -> String {
+    let mut s = format!("{}: invalid", file.display());
+    for line in e.to_string().lines() {
+        s.push_str("\n  ");
+        s.push_str(line);
     }
     s
 }
@@ -191,10 +187,7 @@ fn check_config(file: &std::path::Path) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: invalid", file.display());
-            for line in e.to_string().lines() {
-                eprintln!("  {line}");
-            }
+            eprintln!("{}", invalid(file, &e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -247,12 +240,8 @@ fn ready_line(app: &App) -> String {
 fn run_proxy(path: PathBuf) -> Result<()> {
     let config = match Config::load(&path) {
         Ok(c) => c,
-        Err(e @ vivremotion_proxy::config::ConfigError::Read { .. }) => return Err(e.into()),
-        Err(e) => anyhow::bail!(
-            "{} is invalid:\n  {}",
-            path.display(),
-            e.to_string().replace('\n', "\n  ")
-        ),
+        Err(e @ ConfigError::Read { .. }) => return Err(e.into()),
+        Err(e) => anyhow::bail!("{}", invalid(&path, &e)),
     };
     for w in config.warnings() {
         tracing::warn!("{}: {w}", path.display());
@@ -313,25 +302,10 @@ timeout = "10s"
 "#,
         endpoints = endpoints.join(", "),
         access_log = access_log
-            .map(|p| format!("\n[access_log]\npath = {}\n", toml_string(p)))
+            .map(|p| format!("\n[access_log]\npath = {}\n", toml::Value::from(p)))
             .unwrap_or_default(),
     );
     Ok(Config::parse(&text)?)
-}
-
-/// A TOML basic string with `s` in it.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn run_up(

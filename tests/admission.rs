@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 /// Sum of the samples of a metric family whose labels contain every `want` pair.
 async fn metric(client: &HttpClient, proxy: &Proxy, name: &str, want: &[&str]) -> f64 {
     let text = get(client, &proxy.admin_url("/metrics")).await.unwrap();
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| want.iter().all(|w| l.contains(w)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum_samples(&String::from_utf8_lossy(&text.body), name, want)
 }
 
 fn with_key(url: &str, key: &str) -> http::Request<Full<Bytes>> {

@@ -537,11 +537,11 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
 async fn wait_in_flight(proxy: &Proxy, n: i64) {
     let seen = eventually(Duration::from_secs(10), || async move {
         let m = proxy.metrics().await;
-        let total: f64 = m
-            .lines()
-            .filter(|l| l.starts_with("vivremotion_proxy_requests_in_flight{route=\"all\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let total = sum_samples(
+            &m,
+            "vivremotion_proxy_requests_in_flight",
+            &["route=\"all\""],
+        );
         total as i64 == n
     })
     .await;
@@ -762,15 +762,12 @@ async fn up_runs_everything_on_embedded_defaults() {
         "{name}"
     );
     // Counted before the client had the response's last byte: no waiting needed.
-    let m = String::from_utf8_lossy(&get(&c, &up.admin_url("/metrics")).await.unwrap().body)
-        .into_owned();
-    let counted: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("vivremotion_proxy_requests_total{") && l.contains("code_class=\"2xx\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let m = up.metrics().await;
+    let counted = sum_samples(
+        &m,
+        "vivremotion_proxy_requests_total",
+        &["code_class=\"2xx\""],
+    );
     assert_eq!(counted, 1.0, "{m}");
     let upstreams = get(&c, &up.admin_url("/api/v1/upstreams"))
         .await
@@ -843,8 +840,7 @@ async fn up_runs_everything_on_embedded_defaults() {
         unhealthy,
         "alpha never showed unhealthy in /api/v1/upstreams"
     );
-    let m = String::from_utf8_lossy(&get(&c, &up.admin_url("/metrics")).await.unwrap().body)
-        .into_owned();
+    let m = up.metrics().await;
     assert_eq!(
         sample(
             &m,
@@ -1043,12 +1039,10 @@ match = {{ path_prefix = "/slow" }}
         "{m}"
     );
     // The client that left counts as a 4xx of the slow endpoint, not as a 5xx.
-    let slow_5xx: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("vivremotion_proxy_requests_total{route=\"slow\"") && l.contains("5xx")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let slow_5xx = sum_samples(
+        &m,
+        "vivremotion_proxy_requests_total",
+        &["route=\"slow\"", "code_class=\"5xx\""],
+    );
     assert_eq!(slow_5xx, 0.0, "{m}");
 }

@@ -112,10 +112,8 @@ impl RequestInfo {
     }
 
     /// Tries so far (the line reports the tries after the first).
-    pub fn tries(info: &mut Option<Box<RequestInfo>>, tries: u32) {
-        if let Some(i) = info {
-            i.retries = tries.saturating_sub(1);
-        }
+    pub(crate) fn set_tries(&mut self, tries: u32) {
+        self.retries = tries.saturating_sub(1);
     }
 
     /// A counter the request body adds its bytes to, when there is an access log.
@@ -137,15 +135,7 @@ impl Drop for RequestInfo {
         let (scope, mut outcome) = self.end.take().unwrap_or_else(|| {
             // Never answered: the client left (or the drain timeout closed the connection).
             let scope = self.route.map_or(ScopeRef::Unmatched, ScopeRef::Route);
-            let outcome = Outcome {
-                status: 499,
-                upstream_status: None,
-                failure: None,
-                latency_us: duration_us,
-                bytes_in: 0,
-                bytes_out: 0,
-            };
-            (scope, outcome)
+            (scope, Outcome::new(499, duration_us))
         });
         if let Some(n) = &self.bytes_in {
             outcome.bytes_in = outcome.bytes_in.max(n.load(Relaxed));

@@ -7,6 +7,7 @@
 //! writes it, so a client that has the whole response finds it counted), or when the client
 //! goes away, whichever comes first.
 
+use crate::access_log::RequestInfo;
 use crate::client::{Http1Conn, UpstreamBody};
 use crate::snapshot::Snapshot;
 use crate::telemetry::recorder::Outcome;
@@ -54,12 +55,14 @@ pub struct Guard {
     pub permit: Option<crate::limits::concurrency::Permit>,
     /// The request's access log line, written when it is recorded (only the guard of the
     /// answer the client gets carries one; `None` without an access log).
-    pub access: Option<Box<crate::access_log::RequestInfo>>,
+    pub access: Option<Box<RequestInfo>>,
 }
 
 impl Guard {
-    /// A guard for a request that is now in flight in `scope`.
-    pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize, outcome: Outcome) -> Guard {
+    /// A guard for a try that is now in flight in `scope`. Its status is 499 until the try
+    /// ends: if the client leaves first, that is what happened.
+    pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize) -> Guard {
+        let outcome = Outcome::new(499, 0.0);
         snap.stats(scope).start(worker);
         if let ScopeRef::Endpoint { route, endpoint } = scope {
             if let Some(e) = snap.endpoint(route, endpoint) {
@@ -96,6 +99,14 @@ impl Guard {
 
     pub fn scope(&self) -> ScopeRef {
         self.scope
+    }
+
+    /// Make this the guard that writes the request's access log line, after `tries` tries.
+    pub fn carry(&mut self, mut access: Option<Box<RequestInfo>>, tries: u32) {
+        if let Some(i) = access.as_mut() {
+            i.set_tries(tries);
+        }
+        self.access = access;
     }
 }
 

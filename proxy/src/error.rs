@@ -158,6 +158,22 @@ pub fn json_error_body(kind: &str, message: &str, request_id: Option<&str>) -> b
     bytes::Bytes::from(serde_json::json!({ "error": err }).to_string())
 }
 
+/// An error and its causes on one line, each said once: many errors already include their
+/// source's text, and printing the chain again would repeat it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

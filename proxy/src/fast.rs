@@ -249,7 +249,12 @@ where
     let drained = drain_body(w, io, rbuf, r.body_len).await;
     let keep = drained && !r.client_close && !*shutdown.borrow();
     let latency_us = w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
-    let mut guard = Guard::local(r.snap, ScopeRef::Route(r.route as u32), w.id, outcome());
+    let mut guard = Guard::local(
+        r.snap,
+        ScopeRef::Route(r.route as u32),
+        w.id,
+        Outcome::new(0, 0.0),
+    );
     guard.access = r.access;
     write_error(
         io, wbuf, &r.err, &r.rid, guard, latency_us, keep, r.head_req,
@@ -664,17 +669,6 @@ fn encode_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn outcome() -> Outcome {
-    Outcome {
-        status: 0,
-        upstream_status: None,
-        failure: None,
-        latency_us: 0.0,
-        bytes_in: 0,
-        bytes_out: 0,
-    }
-}
-
 /// Forward one request and its response. Returns whether the client connection stays open.
 async fn forward<IO>(
     w: &Worker,
@@ -729,7 +723,7 @@ where
             }
         }
     }
-    let mut access = plan.access.take();
+    let access = plan.access.take();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
     // The body bytes already read go along with the head (and again with a retried head:
@@ -747,9 +741,7 @@ where
             route: plan.route as u32,
             endpoint: ei as u32,
         };
-        let mut guard = Guard::start(plan.snap.clone(), scope, w.id, outcome());
-        // 499 until the try ends: if the client leaves first, that is what happened.
-        guard.outcome.status = 499;
+        let mut guard = Guard::start(plan.snap.clone(), scope, w.id);
         let try_t0 = shared.clock.now();
         let limit = tries.try_timeout(route, try_t0);
         let span = tracing::debug_span!(
@@ -784,10 +776,9 @@ where
                 break (guard, up, raw, body_read, latency_us);
             }
             Ok(Err((Failure::Client(e), _))) => {
-                // The client went away or broke its own request: nothing to answer.
-                guard.outcome.status = 499;
-                RequestInfo::tries(&mut access, tries.count);
-                guard.access = access;
+                // The client went away or broke its own request: nothing to answer (the
+                // guard's status stays 499).
+                guard.carry(access, tries.count);
                 return Err(e);
             }
             Ok(Err((Failure::Connect(detail), body_read))) => (
@@ -830,8 +821,7 @@ where
             continue;
         }
         let keep = body_read && !plan.client_close;
-        RequestInfo::tries(&mut access, tries.count);
-        guard.access = access;
+        guard.carry(access, tries.count);
         write_error(
             io,
             wbuf,
@@ -846,8 +836,7 @@ where
         return Ok(keep);
     };
     let endpoint = &route.endpoints[ei];
-    RequestInfo::tries(&mut access, tries.count);
-    guard.access = access;
+    guard.carry(access, tries.count);
 
     let status = raw.status;
     guard.outcome.status = status;

@@ -84,17 +84,6 @@ pub(crate) fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn outcome(status: u16, latency_us: f64) -> Outcome {
-    Outcome {
-        status,
-        upstream_status: None,
-        failure: None,
-        latency_us,
-        bytes_in: 0,
-        bytes_out: 0,
-    }
-}
-
 fn elapsed_us(shared: &Shared, t0: Nanos) -> f64 {
     shared.clock.now().saturating_since(t0).as_nanos() as f64 / 1e3
 }
@@ -143,7 +132,12 @@ impl Local<'_> {
         access: Option<Box<RequestInfo>>,
     ) -> Response<ResponseBody> {
         let latency = elapsed_us(&self.w.shared, self.t0);
-        let mut guard = Guard::local(self.snap.clone(), scope, self.w.id, outcome(0, latency));
+        let mut guard = Guard::local(
+            self.snap.clone(),
+            scope,
+            self.w.id,
+            Outcome::new(0, latency),
+        );
         guard.access = access;
         error_response(&err, self.rid, guard, latency, self.head)
     }
@@ -343,8 +337,7 @@ pub async fn handle(
             route: ri as u32,
             endpoint: ei as u32,
         };
-        // 499 until the try ends: if the client leaves first, that is what happened.
-        let mut guard = Guard::start(snap.clone(), scope, w.id, outcome(499, 0.0));
+        let mut guard = Guard::start(snap.clone(), scope, w.id);
         let endpoint = &route.endpoints[ei];
         let span = tracing::debug_span!(
             "request",
@@ -391,8 +384,7 @@ pub async fn handle(
             Ok(Err(e)) => match e {
                 SendError::Request(e) => {
                     if let Some(limit) = find_body_too_large(&*e) {
-                        RequestInfo::tries(&mut access, tries.count);
-                        guard.access = access;
+                        guard.carry(access, tries.count);
                         return error_response(
                             &ProxyError::BodyTooLarge { limit },
                             &rid,
@@ -405,7 +397,7 @@ pub async fn handle(
                         TryFailure::Reset,
                         ProxyError::UpstreamReset {
                             endpoint: endpoint.address.clone(),
-                            detail: error_chain(&*e),
+                            detail: crate::error::error_chain(&*e),
                         },
                     )
                 }
@@ -435,8 +427,7 @@ pub async fn handle(
             tokio::time::sleep(next.2).await;
             continue;
         }
-        RequestInfo::tries(&mut access, tries.count);
-        guard.access = access;
+        guard.carry(access, tries.count);
         return error_response(&err, &rid, guard, latency_us, head_req);
     };
 
@@ -464,8 +455,7 @@ pub async fn handle(
     headers::apply_ops(h, &route.cfg.response_headers);
     h.insert(&X_REQUEST_ID, rid);
     guard.permit = permit;
-    RequestInfo::tries(&mut access, tries.count);
-    guard.access = access;
+    guard.carry(access, tries.count);
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }
@@ -490,21 +480,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: crate::h1::Upgraded
         }
         Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -90,11 +90,25 @@ impl Proxy {
 
     /// The text of the proxy's `/metrics`.
     pub async fn metrics(&self) -> String {
-        let r = get(&http1_client(), &self.admin_url("/metrics"))
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&r.body).into_owned()
+        fetch_metrics(&self.admin_url("/metrics")).await
     }
+}
+
+/// The sum of the samples of family `name` in `/metrics` text whose labels contain every
+/// `want` pair (e.g. `outcome="shed"`).
+pub fn sum_samples(metrics: &str, name: &str, want: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The text of the `/metrics` page at `url`.
+pub async fn fetch_metrics(url: &str) -> String {
+    let r = get(&http1_client(), url).await.unwrap();
+    String::from_utf8_lossy(&r.body).into_owned()
 }
 
 /// The value of the first sample of `/metrics` text whose line starts with `series` (a name
@@ -173,6 +187,11 @@ impl Up {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// The text of its `/metrics`.
+    pub async fn metrics(&self) -> String {
+        fetch_metrics(&self.admin_url("/metrics")).await
     }
 
     /// Send `sig` (e.g. "INT") and wait for the exit code.

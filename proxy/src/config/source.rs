@@ -96,9 +96,9 @@ impl<'a> Doc<'a> {
             // its section would be guesswork (removing the value makes it a missing field), so
             // the whole top-level section is dropped and the other sections are still checked.
             let step_over = if unknown {
-                segs.clone()
+                segs
             } else {
-                segs.iter().take(1).cloned().collect()
+                segs.into_iter().take(1).collect()
             };
             broken |= !unknown;
             if !remove(&mut root, &step_over) {

@@ -139,17 +139,6 @@ impl TelemetryStore {
         }
     }
 
-    /// Windows of the most recent tick.
-    pub fn latest(&self) -> Arc<Vec<Telemetry>> {
-        let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
-        t.back().cloned().unwrap_or_default()
-    }
-
-    /// Windows with `seq > since`, oldest first, at most `limit`.
-    pub fn since(&self, since: u64, limit: usize) -> Vec<Telemetry> {
-        self.page(Some(since), Some(limit)).windows
-    }
-
     /// One page of windows, oldest first, with the cursor for the next one.
     ///
     /// - `since: Some(s)`: windows with `seq > s`, at most `limit` (all if `None`);
@@ -301,14 +290,14 @@ mod tests {
         for t in 1..=3 {
             store.push(c.tick(&reg, t * 1000));
         }
-        assert_eq!(store.latest().len(), 2);
-        let all = store.since(0, 100);
+        assert_eq!(store.page(None, None).windows.len(), 2);
+        let all = store.page(Some(0), Some(100)).windows;
         assert_eq!(
             all.iter().map(|w| w.seq).collect::<Vec<_>>(),
             vec![3, 4, 5, 6]
         );
-        assert_eq!(store.since(5, 100).len(), 1);
-        assert_eq!(store.since(0, 1).len(), 1);
+        assert_eq!(store.page(Some(5), Some(100)).windows.len(), 1);
+        assert_eq!(store.page(Some(0), Some(1)).windows.len(), 1);
     }
 
     #[test]

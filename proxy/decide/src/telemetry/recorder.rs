@@ -92,6 +92,20 @@ pub struct Outcome {
     pub bytes_out: u64,
 }
 
+impl Outcome {
+    /// A status and a latency, nothing else known yet.
+    pub fn new(status: u16, latency_us: f64) -> Outcome {
+        Outcome {
+            status,
+            upstream_status: None,
+            failure: None,
+            latency_us,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}
+
 /// One worker's counters for one scope, on its own cache lines.
 #[repr(align(64))]
 struct Shard {
