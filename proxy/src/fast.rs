@@ -16,19 +16,18 @@
 //! from hyper to the fast path. Both paths record the same telemetry through [`Guard`].
 
 use crate::access_log::{AccessLog, RequestInfo};
-use crate::balance::PickInput;
 use crate::body::{Guard, ScopeRef};
 use crate::client::SendError;
 use crate::error::ProxyError;
+use crate::flow::{self, Next, Refused, RequestFlow, Start, Try, TryFailure};
 use crate::h1::{self, Decode, H1Error, RawHead, Step};
 use crate::headers;
-use crate::limits::concurrency::{Permit, Wait};
-use crate::limits::{self, Admit};
-use crate::resilience::{Tries, TryEnd, TryFailure};
+use crate::limits::{self, Refusal};
 use crate::routing::{self, RequestView};
 use crate::service::{ConnInfo, Worker};
 use crate::snapshot::Snapshot;
 use crate::telemetry::Outcome;
+use crate::wait;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderName;
 use http::HeaderValue;
@@ -41,7 +40,6 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tracing::Instrument;
-use vivremotion_protocol::telemetry::Priority;
 use vivremotion_protocol::Nanos;
 
 /// Most request fields the fast path takes; more go to hyper (which allows 100).
@@ -199,10 +197,10 @@ fn put_ops(out: &mut Vec<u8>, ops: &crate::config::HeaderOps) {
 struct Plan {
     snap: Arc<Snapshot>,
     route: usize,
-    endpoint: usize,
-    /// The first try goes as a half-open breaker probe.
-    probe: bool,
-    tries: Tries,
+    /// The request's flow (taken by `forward`), and its first try unless it waits in the
+    /// queue for one.
+    flow: Option<RequestFlow>,
+    first: Option<Try>,
     rid: HeaderValue,
     body_len: u64,
     client_close: bool,
@@ -211,14 +209,11 @@ struct Plan {
     t0: Nanos,
     /// The head to send upstream.
     head: Vec<u8>,
-    /// The route's concurrency slot, or the queue place to wait in for one.
-    permit: Option<Permit>,
-    wait: Option<(Priority, Wait)>,
     access: Option<Box<RequestInfo>>,
 }
 
 /// A request answered without going upstream (rate limited, shed, no endpoint).
-struct Refused {
+struct LocalAnswer {
     snap: Arc<Snapshot>,
     route: usize,
     err: ProxyError,
@@ -237,7 +232,7 @@ const DRAIN_MAX: u64 = 256 * 1024;
 /// Answer a refused request; returns whether the connection stays open.
 async fn refuse<IO>(
     w: &Worker,
-    r: Refused,
+    r: LocalAnswer,
     io: &mut IO,
     rbuf: &mut BytesMut,
     wbuf: &mut Vec<u8>,
@@ -300,7 +295,7 @@ enum Parsed {
     /// Head complete and taken by the fast path: its length, and the plan.
     Go(usize, Box<Plan>),
     /// Head complete, answered here: its length, and the answer.
-    Refuse(usize, Box<Refused>),
+    Refuse(usize, Box<LocalAnswer>),
     /// Need more bytes.
     More,
     /// Not for the fast path: hand the connection to hyper.
@@ -516,7 +511,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let refuse = |err: ProxyError, rid: HeaderValue, access| {
         Parsed::Refuse(
             n,
-            Box::new(Refused {
+            Box::new(LocalAnswer {
                 snap: snap.clone(),
                 route: ri,
                 err,
@@ -533,52 +528,36 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let prio = limits::priority(&route.cfg, &snap.config, client_ip, || {
         raw.first("x-priority")
     });
-    let (mut permit, wait) = match route.admit(w.id, prio, |n| raw.first(n.as_str()), client_ip, t0)
-    {
-        Admit::Go(p) => (p, None),
-        Admit::Wait(wt) => (None, Some((prio, wt))),
-        Admit::Refuse(err) => {
-            RequestInfo::admission(&mut access, prio, Some(&err));
+    let idempotent = crate::service::idempotent(method);
+    let facts = flow::Request {
+        worker: w.id,
+        priority: prio,
+        client: client_ip,
+        affinity: route.key_hash_with(|n| raw.first(n.as_str()), client_ip),
+        idempotent,
+        replayable: body_len == 0,
+        unix_ms: shared.clock.unix_ms(),
+    };
+    let (flow, start) = RequestFlow::start(route, facts, |n| raw.first(n), t0, &mut rng);
+    let first = match start {
+        Start::Forward(t) => {
+            RequestInfo::admission(&mut access, prio, None);
+            Some(t)
+        }
+        // A request that waits for a slot picks its endpoint once it has one (`forward`).
+        Start::Queue { .. } => None,
+        Start::Refuse(r) => {
+            let err = route.refused(&r);
+            let shed = matches!(r, Refused::Admission(_)).then_some(&err);
+            RequestInfo::admission(&mut access, prio, shed);
             return refuse(err, rid, access);
         }
     };
-    if wait.is_none() {
-        RequestInfo::admission(&mut access, prio, None);
-    }
-    let input = PickInput::new(
-        t0,
-        w.id,
-        route.key_hash_with(|n| raw.first(n.as_str()), client_ip),
-    );
-    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
-    // A request that waits for a slot picks its endpoint once it has one (`forward`), so a
-    // shed request holds no breaker probe and earns no retry budget.
-    let (ei, probe) = if wait.is_some() {
-        (usize::MAX, false)
-    } else {
-        match route.choose(&mut tries, &mut rng) {
-            Ok(x) => x,
-            Err(why) => {
-                if let Some(p) = permit.as_mut() {
-                    p.no_sample();
-                }
-                return refuse(route.no_endpoint(why), rid, access);
-            }
-        }
-    };
-    if wait.is_none() {
-        route.deposit(w.id, t0);
-    }
-    let idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
     let plan = Plan {
         snap,
         route: ri,
-        endpoint: ei,
-        probe,
-        tries,
+        flow: Some(flow),
+        first,
         rid,
         body_len,
         client_close,
@@ -586,8 +565,6 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         idempotent,
         t0,
         head: Vec::new(),
-        permit,
-        wait,
         access,
     };
     let mut plan = Box::new(plan);
@@ -683,46 +660,45 @@ where
 {
     let shared = &w.shared;
     let mut out = std::mem::take(&mut plan.head);
-    let mut tries = plan.tries.clone();
-    // Held to the end of the exchange.
-    let mut permit = plan.permit.take();
-    if let Some((prio, wait)) = plan.wait.take() {
-        let route = &plan.snap.routes[plan.route];
-        let waited = route.wait_admission(w.id, prio, wait).await;
-        RequestInfo::admission(&mut plan.access, prio, waited.as_ref().err());
-        let chosen = match waited {
-            Ok(p) => {
-                let p = permit.insert(p);
-                tries.input.now = shared.clock.now();
-                route.choose(&mut tries, &mut w.rng()).map_err(|why| {
-                    p.no_sample();
-                    route.no_endpoint(why)
-                })
-            }
-            Err(err) => Err(err),
-        };
-        match chosen {
-            Ok((ei, probe)) => {
-                route.deposit(w.id, tries.input.now);
-                plan.endpoint = ei;
-                plan.probe = probe;
-            }
-            Err(err) => {
-                let r = Refused {
-                    snap: plan.snap.clone(),
-                    route: plan.route,
-                    err,
-                    rid: plan.rid.clone(),
-                    body_len: plan.body_len,
-                    client_close: plan.client_close,
-                    head_req: plan.head_req,
-                    t0: plan.t0,
-                    access: plan.access.take(),
-                };
-                return refuse(w, r, io, rbuf, wbuf, shutdown).await;
+    let Some(mut flow) = plan.flow.take() else {
+        return Ok(false);
+    };
+    let mut rng = None;
+    let first_try = match plan.first {
+        Some(t) => t,
+        None => {
+            let route = &plan.snap.routes[plan.route];
+            let prio = flow.priority();
+            let rng = rng.get_or_insert_with(|| w.rng());
+            match wait::queue(&mut flow, route, &*shared.clock, rng).await {
+                Start::Forward(t) => {
+                    RequestInfo::admission(&mut plan.access, prio, None);
+                    t
+                }
+                step => {
+                    let r = match step {
+                        Start::Refuse(r) => r,
+                        _ => Refused::Admission(Refusal::Overloaded { priority: prio }),
+                    };
+                    let err = route.refused(&r);
+                    let shed = matches!(r, Refused::Admission(_)).then_some(&err);
+                    RequestInfo::admission(&mut plan.access, prio, shed);
+                    let r = LocalAnswer {
+                        snap: plan.snap.clone(),
+                        route: plan.route,
+                        err,
+                        rid: plan.rid.clone(),
+                        body_len: plan.body_len,
+                        client_close: plan.client_close,
+                        head_req: plan.head_req,
+                        t0: plan.t0,
+                        access: plan.access.take(),
+                    };
+                    return refuse(w, r, io, rbuf, wbuf, shutdown).await;
+                }
             }
         }
-    }
+    };
     let access = plan.access.take();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
@@ -732,29 +708,27 @@ where
     out.extend_from_slice(&rbuf[..first]);
     rbuf.advance(first);
     let mut remaining = plan.body_len - first as u64;
-    let (mut ei, mut probe) = (plan.endpoint, plan.probe);
-    let mut rng = None;
-    let (mut guard, mut up, raw, body_read, latency_us) = loop {
-        tries.count += 1;
+    let mut next = first_try;
+    let (mut guard, mut up, raw, body_read, latency_us, ei) = loop {
+        let ei = next.endpoint;
         let endpoint = &route.endpoints[ei];
         let scope = ScopeRef::Endpoint {
             route: plan.route as u32,
             endpoint: ei as u32,
         };
         let mut guard = Guard::start(plan.snap.clone(), scope, w.id);
-        let try_t0 = shared.clock.now();
-        let limit = tries.try_timeout(route, try_t0);
+        let limit = next.deadline.saturating_since(shared.clock.now());
         let span = tracing::debug_span!(
             "request",
             request_id = ?plan.rid,
             route = %route.cfg.name,
             upstream = %endpoint.address,
-            try_ = tries.count,
+            try_ = next.attempt,
         );
         let exchange = exchange(w, plan, ei, &out, &mut remaining, io, rbuf);
         let result = tokio::time::timeout(limit, exchange).instrument(span).await;
-        let end = TryEnd::now(ei, probe, try_t0, &*shared.clock);
-        let latency_us = end.now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
+        let now = shared.clock.now();
+        let latency_us = now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
         guard.outcome.latency_us = latency_us;
         guard.outcome.bytes_in = plan.body_len;
         let replayable = plan.body_len == 0;
@@ -762,23 +736,24 @@ where
         let (failure, body_read, err) = match result {
             Ok(Ok((up, raw, body_read))) => {
                 let status = raw.status;
-                let end = end.answered(status);
-                let idem = plan.idempotent;
-                if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, rng) {
-                    // The answer is dropped unread, and its connection with it.
-                    guard.outcome.status = status;
-                    guard.outcome.upstream_status = Some(status);
-                    drop((guard, up));
-                    (ei, probe) = (next.0, next.1);
-                    tokio::time::sleep(next.2).await;
-                    continue;
+                match flow.answered(route, status, now, rng) {
+                    Next::Backoff { until } => {
+                        // The answer is dropped unread, and its connection with it.
+                        guard.outcome.status = status;
+                        guard.outcome.upstream_status = Some(status);
+                        drop((guard, up));
+                        next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
+                        continue;
+                    }
+                    Next::Deliver | Next::Fail(_) => {
+                        break (guard, up, raw, body_read, latency_us, ei)
+                    }
                 }
-                break (guard, up, raw, body_read, latency_us);
             }
             Ok(Err((Failure::Client(e), _))) => {
                 // The client went away or broke its own request: nothing to answer (the
                 // guard's status stays 499).
-                guard.carry(access, tries.count);
+                guard.carry(access, flow.tries());
                 return Err(e);
             }
             Ok(Err((Failure::Connect(detail), body_read))) => (
@@ -810,18 +785,15 @@ where
         // A connect failure consumed nothing of the request; anything else only a bodiless one
         // can be sent again.
         let replayable = replayable || failure == TryFailure::Connect;
-        let end = end.failed(failure);
-        if let Some(next) = route.after_try(w.id, &mut tries, end, plan.idempotent, replayable, rng)
-        {
+        if let Next::Backoff { until } = flow.failed(route, failure, replayable, now, rng) {
             guard.outcome.status = err.status().as_u16();
             guard.outcome.failure = err.upstream_failure();
             drop(guard);
-            (ei, probe) = (next.0, next.1);
-            tokio::time::sleep(next.2).await;
+            next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
             continue;
         }
         let keep = body_read && !plan.client_close;
-        guard.carry(access, tries.count);
+        guard.carry(access, flow.tries());
         write_error(
             io,
             wbuf,
@@ -836,7 +808,8 @@ where
         return Ok(keep);
     };
     let endpoint = &route.endpoints[ei];
-    guard.carry(access, tries.count);
+    guard.permit = flow.take_permit();
+    guard.carry(access, flow.tries());
 
     let status = raw.status;
     guard.outcome.status = status;

@@ -14,9 +14,11 @@
 //! - [`demo`]: controllable demo upstreams for `vivremotion up`.
 //! - [`app`]: wiring, reload and shutdown.
 //!
-//! Decision code ([`balance`], [`guard`], [`endpoint`], telemetry recording) lives in the
-//! IO-free `vivremotion-decide` crate (re-exported here under the same names), so the
-//! simulator runs exactly what the proxy runs.
+//! Decision code ([`flow`]: a request's admission, picks, tries and retries; [`balance`],
+//! [`guard`], [`endpoint`], admission limits, telemetry recording) lives in the IO-free
+//! `vivremotion-decide` crate (re-exported here under the same names), so the simulator runs
+//! exactly what the proxy runs. Both request paths drive [`flow::RequestFlow`] and decide
+//! nothing themselves; [`wait`] maps its queue waits and backoffs onto tokio.
 
 pub mod access_log;
 pub mod admin;
@@ -31,7 +33,6 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod limits;
-pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod service;
@@ -39,9 +40,10 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod wait;
 
 // The decision core, under the names the proxy has always used for it.
-pub use vivremotion_decide::{balance, endpoint, guard};
+pub use vivremotion_decide::{balance, endpoint, flow, guard};
 
 pub use app::{App, AppError, AppOptions};
 pub use config::Config;

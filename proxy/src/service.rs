@@ -7,18 +7,19 @@
 
 use crate::access_log::{AccessLog, RequestInfo};
 use crate::balance::hash::mix64;
-use crate::balance::PickInput;
 use crate::body::{find_body_too_large, Guard, RequestBody, ResponseBody, ScopeRef};
 use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::flow::{self, Next, Refused, RequestFlow, Start, TryFailure};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::limits::{self, Admit};
-use crate::resilience::{Tries, TryEnd, TryFailure};
+use crate::limits;
+use crate::limits::Refusal;
 use crate::routing;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::Outcome;
+use crate::wait;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
@@ -77,11 +78,8 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Methods RFC 9110 calls idempotent: safe to send twice.
-pub(crate) fn idempotent(m: &Method) -> bool {
-    matches!(
-        m.as_str(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
+pub(crate) fn idempotent(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 fn elapsed_us(shared: &Shared, t0: Nanos) -> f64 {
@@ -217,41 +215,35 @@ pub async fn handle(
             .map(|v| v.as_bytes())
     });
     let hdrs = req.headers();
-    let admitted = route.admit(
-        w.id,
-        prio,
-        |n| hdrs.get(n).map(|v| v.as_bytes()),
-        client_ip,
-        t0,
-    );
-    let mut permit = match admitted {
-        Admit::Go(p) => p,
-        Admit::Wait(wait) => match route.wait_admission(w.id, prio, wait).await {
-            Ok(p) => Some(p),
-            Err(err) => {
-                RequestInfo::admission(&mut access, prio, Some(&err));
-                return local.error(route_scope, err, access);
-            }
-        },
-        Admit::Refuse(err) => {
-            RequestInfo::admission(&mut access, prio, Some(&err));
+    let facts = flow::Request {
+        worker: w.id,
+        priority: prio,
+        client: client_ip,
+        affinity: route.key_hash(hdrs, client_ip),
+        idempotent: idempotent(req.method().as_str()),
+        // A bodiless request can be sent again as it was; one with a body only goes once.
+        replayable: req.body().is_end_stream(),
+        unix_ms: shared.clock.unix_ms(),
+    };
+    let header = |n: &str| hdrs.get(n).map(|v| v.as_bytes());
+    let (mut flow, mut step) = RequestFlow::start(route, facts, header, t0, &mut rng);
+    if let Start::Queue { .. } = step {
+        step = wait::queue(&mut flow, route, &*shared.clock, &mut rng).await;
+    }
+    let mut next = match step {
+        Start::Forward(t) => t,
+        Start::Refuse(_) | Start::Queue { .. } => {
+            let r = match step {
+                Start::Refuse(r) => r,
+                _ => Refused::Admission(Refusal::Overloaded { priority: prio }),
+            };
+            let err = route.refused(&r);
+            let shed = matches!(r, Refused::Admission(_)).then_some(&err);
+            RequestInfo::admission(&mut access, prio, shed);
             return local.error(route_scope, err, access);
         }
     };
     RequestInfo::admission(&mut access, prio, None);
-
-    let input = PickInput::new(t0, w.id, route.key_hash(req.headers(), client_ip));
-    let mut tries = Tries::new(input, t0.saturating_add(route.cfg.timeout));
-    let (mut ei, mut probe) = match route.choose(&mut tries, &mut rng) {
-        Ok(x) => x,
-        Err(why) => {
-            if let Some(p) = permit.as_mut() {
-                p.no_sample();
-            }
-            return local.error(route_scope, route.no_endpoint(why), access);
-        }
-    };
-    route.deposit(w.id, t0);
 
     let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -289,7 +281,7 @@ pub async fn handle(
     let host = parts.headers.get(HOST).cloned();
     let mut uri_parts = http::uri::Parts::default();
     uri_parts.scheme = Some(route.clients.scheme.clone());
-    uri_parts.authority = Some(route.authorities[ei].clone());
+    uri_parts.authority = Some(route.authorities[next.endpoint].clone());
     uri_parts.path_and_query = Some(pq);
     parts.uri = match Uri::from_parts(uri_parts) {
         Ok(u) => u,
@@ -321,18 +313,17 @@ pub async fn handle(
     h.insert(&headers::TRACEPARENT, tp);
     headers::apply_ops(h, &route.cfg.request_headers);
 
-    // A bodiless request can be sent again as it was; one with a body only goes once.
     let replayable = body.is_end_stream();
     let mut body = Some(if replayable {
         RequestBody::empty()
     } else {
         let mut b = RequestBody::new(body, route.cfg.max_body_bytes);
-        b.account_to(route.stats[ei].clone(), w.id);
+        b.account_to(route.stats[next.endpoint].clone(), w.id);
         b.count_into(RequestInfo::count_body(&mut access));
         b
     });
     let (mut guard, mut resp, latency_us) = loop {
-        tries.count += 1;
+        let ei = next.endpoint;
         let scope = ScopeRef::Endpoint {
             route: ri as u32,
             endpoint: ei as u32,
@@ -344,15 +335,14 @@ pub async fn handle(
             request_id = ?rid,
             route = %route.cfg.name,
             upstream = %endpoint.address,
-            try_ = tries.count,
+            try_ = next.attempt,
         );
         let mut try_parts = parts.clone();
         let mut uri = std::mem::take(&mut try_parts.uri).into_parts();
         uri.authority = Some(route.authorities[ei].clone());
         try_parts.uri = Uri::from_parts(uri).unwrap_or_default();
         let try_body = body.take().unwrap_or_else(RequestBody::empty);
-        let try_t0 = shared.clock.now();
-        let limit = tries.try_timeout(route, try_t0);
+        let limit = next.deadline.saturating_since(shared.clock.now());
         let send = route.clients.send(
             w.id,
             endpoint.id,
@@ -361,30 +351,27 @@ pub async fn handle(
             t0,
         );
         let result = tokio::time::timeout(limit, send).instrument(span).await;
-        let end = TryEnd::now(ei, probe, try_t0, &*shared.clock);
-        let latency_us = end.now.saturating_since(t0).as_nanos() as f64 / 1e3;
-        let idem = idempotent(&parts.method);
+        let now = shared.clock.now();
+        let latency_us = now.saturating_since(t0).as_nanos() as f64 / 1e3;
         let (failure, err) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                let end = end.answered(status);
-                if let Some(next) =
-                    route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng)
-                {
-                    guard.outcome.status = status;
-                    guard.outcome.upstream_status = Some(status);
-                    guard.outcome.latency_us = latency_us;
-                    drop((guard, resp));
-                    (ei, probe) = (next.0, next.1);
-                    tokio::time::sleep(next.2).await;
-                    continue;
+                match flow.answered(route, status, now, &mut rng) {
+                    Next::Backoff { until } => {
+                        guard.outcome.status = status;
+                        guard.outcome.upstream_status = Some(status);
+                        guard.outcome.latency_us = latency_us;
+                        drop((guard, resp));
+                        next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
+                        continue;
+                    }
+                    Next::Deliver | Next::Fail(_) => break (guard, resp, latency_us),
                 }
-                break (guard, resp, latency_us);
             }
             Ok(Err(e)) => match e {
                 SendError::Request(e) => {
                     if let Some(limit) = find_body_too_large(&*e) {
-                        guard.carry(access, tries.count);
+                        guard.carry(access, flow.tries());
                         return error_response(
                             &ProxyError::BodyTooLarge { limit },
                             &rid,
@@ -417,17 +404,15 @@ pub async fn handle(
                 },
             ),
         };
-        let end = end.failed(failure);
-        if let Some(next) = route.after_try(w.id, &mut tries, end, idem, replayable, &mut rng) {
+        if let Next::Backoff { until } = flow.failed(route, failure, replayable, now, &mut rng) {
             guard.outcome.status = err.status().as_u16();
             guard.outcome.failure = err.upstream_failure();
             guard.outcome.latency_us = latency_us;
             drop(guard);
-            (ei, probe) = (next.0, next.1);
-            tokio::time::sleep(next.2).await;
+            next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
             continue;
         }
-        guard.carry(access, tries.count);
+        guard.carry(access, flow.tries());
         return error_response(&err, &rid, guard, latency_us, head_req);
     };
 
@@ -454,8 +439,8 @@ pub async fn handle(
     headers::strip_hop_by_hop(h, switching);
     headers::apply_ops(h, &route.cfg.response_headers);
     h.insert(&X_REQUEST_ID, rid);
-    guard.permit = permit;
-    guard.carry(access, tries.count);
+    guard.permit = flow.take_permit();
+    guard.carry(access, flow.tries());
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }

@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, Uri};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use vivremotion_decide::flow::{NoEndpoint, Refused, RetryBudgets, RouteCore};
 use vivremotion_protocol::telemetry::Scope;
 use vivremotion_protocol::Policy;
 
@@ -57,19 +58,19 @@ pub enum WeightSource {
 pub struct RouteRuntime {
     pub cfg: RouteConfig,
     pub clients: Arc<ClusterClients>,
-    pub endpoints: Box<[Arc<EndpointState>]>,
     pub authorities: Box<[Authority]>,
     pub weight_sources: Box<[WeightSource]>,
-    pub stats: Box<[Arc<ScopeStats>]>,
-    pub route_stats: Arc<ScopeStats>,
-    pub balancer: Balancer,
     pub hash_on: Option<HashOn>,
-    /// The cluster's outlier settings (ejection share, thresholds).
-    pub outlier: crate::guard::outlier::OutlierConfig,
-    /// Retry budgets; survive snapshots.
-    pub guard: Arc<crate::resilience::RouteGuard>,
-    /// Rate limits and the concurrency limit.
-    pub limits: crate::limits::RouteLimits,
+    /// What the request flow decides with: endpoints, balancer, limits, budgets, stats.
+    pub core: RouteCore,
+}
+
+/// A route is read mostly for its decision half: `route.endpoints` is `route.core.endpoints`.
+impl std::ops::Deref for RouteRuntime {
+    type Target = RouteCore;
+    fn deref(&self) -> &RouteCore {
+        &self.core
+    }
 }
 
 impl RouteRuntime {
@@ -96,6 +97,17 @@ impl RouteRuntime {
 
     pub fn pick<R: rand::Rng + ?Sized>(&self, input: &PickInput, rng: &mut R) -> Option<usize> {
         self.balancer.pick(&self.endpoints, input, rng)
+    }
+
+    /// The answer to a request the flow refused.
+    pub fn refused(&self, r: &Refused) -> crate::error::ProxyError {
+        use crate::error::ProxyError;
+        let cluster = self.cfg.cluster.clone();
+        match r {
+            Refused::Admission(a) => crate::limits::refusal_error(&self.limits, a),
+            Refused::NoEndpoint(NoEndpoint::None) => ProxyError::NoEndpoint { cluster },
+            Refused::NoEndpoint(NoEndpoint::CircuitOpen) => ProxyError::CircuitOpen { cluster },
+        }
     }
 }
 
@@ -159,7 +171,7 @@ pub struct Registries {
     pub stats: StatsRegistry,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     clients: Mutex<HashMap<String, Arc<ClusterClients>>>,
-    route_guards: Mutex<HashMap<String, Arc<crate::resilience::RouteGuard>>>,
+    route_budgets: Mutex<HashMap<String, Arc<RetryBudgets>>>,
     pub limits: crate::limits::LimitRegistry,
 }
 
@@ -263,8 +275,8 @@ pub fn build(
 
     let mut clients_map = reg.clients.lock().unwrap_or_else(|p| p.into_inner());
     let mut endpoints_map = reg.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-    let mut route_guards = reg.route_guards.lock().unwrap_or_else(|p| p.into_inner());
-    let mut live_guards = HashSet::new();
+    let mut route_budgets = reg.route_budgets.lock().unwrap_or_else(|p| p.into_inner());
+    let mut live_budgets = HashSet::new();
     let mut new_clients = HashMap::new();
     for (name, c) in &config.clusters {
         let clients = match clients_map.get(name) {
@@ -370,34 +382,38 @@ pub fn build(
         if let Some(pct) = overrides.and_then(|o| o.retry_budget_percent) {
             budget.ratio = pct / 100.0;
         }
-        let guard = route_guards
+        let budgets = route_budgets
             .entry(rc.name.clone())
-            .or_insert_with(|| Arc::new(crate::resilience::RouteGuard::new(workers, budget)))
+            .or_insert_with(|| Arc::new(RetryBudgets::new(workers, budget)))
             .clone();
-        guard.reconfigure(budget);
+        budgets.reconfigure(budget);
         let limits = reg
             .limits
             .route(rc, overrides, config.global_limits.lease_interval, clock);
-        live_guards.insert(rc.name.clone());
+        live_budgets.insert(rc.name.clone());
         routes.push(RouteRuntime {
             cfg: rc.clone(),
             clients: clients.clone(),
-            balancer: Balancer::with_panic_threshold(
-                cluster.balancer,
-                &names,
-                &weights,
-                workers,
-                cluster.outlier.panic_threshold,
-            ),
-            endpoints: eps.into(),
             authorities: auths.into(),
             weight_sources: sources.into(),
-            stats: stats.into(),
-            route_stats: reg.stats.get_or_create(route_scope, workers),
             hash_on: cluster.hash_on.clone(),
-            outlier: cluster.outlier,
-            guard,
-            limits,
+            core: RouteCore {
+                balancer: Balancer::with_panic_threshold(
+                    cluster.balancer,
+                    &names,
+                    &weights,
+                    workers,
+                    cluster.outlier.panic_threshold,
+                ),
+                endpoints: eps.into(),
+                stats: stats.into(),
+                route_stats: reg.stats.get_or_create(route_scope, workers),
+                outlier: cluster.outlier,
+                retry: rc.retry.clone(),
+                timeout: rc.timeout,
+                budgets,
+                limits,
+            },
         });
     }
     let unmatched_scope = Scope {
@@ -411,7 +427,7 @@ pub fn build(
     // Only now, with the whole snapshot built, forget what the new config no longer has.
     *clients_map = new_clients;
     endpoints_map.retain(|k, _| live_endpoints.contains(k));
-    route_guards.retain(|k, _| live_guards.contains(k));
+    route_budgets.retain(|k, _| live_budgets.contains(k));
     reg.limits.retain();
     reg.stats.retain(&live_scopes);
 

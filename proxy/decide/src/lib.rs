@@ -8,12 +8,18 @@
 //! Layout:
 //! - [`balance`]: smooth WRR, least-request, P2C peak-EWMA, Maglev; [`balance::BalancerKind`].
 //! - [`guard`]: GCRA, retry budget, circuit breaker, outlier ejection, gradient limit.
+//! - [`limits`]: admission: rate limits (local GCRA, leased global tokens), the concurrency
+//!   limit with priority thresholds and queue.
+//! - [`flow`]: [`flow::RequestFlow`], a request's life from admission to its answer, and
+//!   [`flow::RouteCore`], the decision half of a route it runs on.
 //! - [`endpoint`]: per-endpoint live state (in-flight, peak-EWMA, health, ejection, breaker).
 //! - [`telemetry`]: per-worker recording shards and the per-tick window collector.
 //! - [`ser`]: serde helpers shared with the proxy's config.
 
 pub mod balance;
 pub mod endpoint;
+pub mod flow;
 pub mod guard;
+pub mod limits;
 pub mod ser;
 pub mod telemetry;

@@ -3,7 +3,6 @@
 
 use super::{ser_duration, Errors};
 use crate::guard::gradient::GradientConfig;
-use http::header::HeaderName;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -62,26 +61,8 @@ pub struct RawGlobalLimits {
     pub timeout: Option<String>,
 }
 
-/// One part of a rate limit key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyPart {
-    ClientIp,
-    Route,
-    Header(#[serde(serialize_with = "super::ser_header_name")] HeaderName),
-}
-
-/// What a global limit does while its store is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnStoreDown {
-    /// Admit up to `local_share × rate` on this instance alone.
-    LocalShare,
-    /// Admit everything.
-    Open,
-    /// Admit nothing.
-    Closed,
-}
+pub use vivremotion_decide::limits::lease::OnStoreDown;
+pub use vivremotion_decide::limits::KeyPart;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitConfig {
@@ -277,7 +258,7 @@ pub(super) fn rate_limits(
                 _ => match k.strip_prefix("header:") {
                     Some(h) => errs
                         .header_name(&format!("{base}.key[{j}]"), h.trim())
-                        .map(KeyPart::Header),
+                        .map(|n| KeyPart::Header(n.as_str().into())),
                     None => {
                         errs.push(
                             format!("{base}.key[{j}]"),

@@ -3,7 +3,6 @@
 
 use super::{ser_duration, Errors};
 use crate::guard::breaker::BreakerConfig;
-use crate::guard::budget::BudgetConfig;
 use crate::guard::outlier::OutlierConfig;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -74,60 +73,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-/// Which failures a route retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct RetryOn {
-    pub connect: bool,
-    pub reset: bool,
-    pub timeout: bool,
-    pub status_502: bool,
-    pub status_503: bool,
-    pub status_504: bool,
-}
-
-impl RetryOn {
-    pub fn status(&self, status: u16) -> bool {
-        match status {
-            502 => self.status_502,
-            503 => self.status_503,
-            504 => self.status_504,
-            _ => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RetryConfig {
-    pub retries: u32,
-    pub on: RetryOn,
-    /// Each try's limit to response headers; `None`: only the route's `timeout` applies.
-    #[serde(serialize_with = "super::ser_opt_duration")]
-    pub per_try_timeout: Option<Duration>,
-    #[serde(serialize_with = "ser_duration")]
-    pub backoff_base: Duration,
-    #[serde(serialize_with = "ser_duration")]
-    pub backoff_max: Duration,
-    pub budget_percent: f64,
-    pub budget_min_per_second: f64,
-}
-
-impl RetryConfig {
-    /// The retry budget these settings describe (10 s sliding window).
-    pub fn budget(&self) -> BudgetConfig {
-        BudgetConfig {
-            ratio: self.budget_percent / 100.0,
-            min_per_second: self.budget_min_per_second,
-            window: Duration::from_secs(10),
-        }
-    }
-
-    /// Backoff before retry number `n` (1-based), before jitter: `base · 2^(n−1)`, capped.
-    pub fn backoff(&self, n: u32) -> Duration {
-        self.backoff_base
-            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-            .min(self.backoff_max)
-    }
-}
+pub use vivremotion_decide::flow::{RetryConfig, RetryOn};
 
 pub(super) fn health_check(base: &str, r: &RawHealthCheck, errs: &mut Errors) -> HealthCheckConfig {
     let base = format!("{base}.health_check");

@@ -266,16 +266,6 @@ fn is_sensitive(name: &HeaderName) -> bool {
 
 pub(crate) use vivremotion_decide::ser::ser_duration;
 
-pub(crate) fn ser_opt_duration<S: serde::Serializer>(
-    d: &Option<Duration>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => ser_duration(d, s),
-        None => s.serialize_none(),
-    }
-}
-
 fn ser_display_list<S: serde::Serializer, T: fmt::Display>(
     v: &[T],
     s: S,

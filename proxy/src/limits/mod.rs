@@ -1,200 +1,61 @@
-//! Admission control on the request path: rate limits (local GCRA, or global leases from a
-//! shared store) and the route's concurrency limit with priority shedding.
-//!
-//! A snapshot compiles each route's config + policy into [`RouteLimits`]; their state (GCRA
-//! tables, lease books, in-flight counters) lives in [`LimitRegistry`] and survives snapshots.
-//! Both request paths call [`RouteLimits::admit`] after routing and before choosing an
-//! endpoint.
+//! Admission control on the request path, the proxy's side: compiling each route's limits
+//! from config + policy ([`LimitRegistry`], whose state survives snapshots), the leaser that
+//! feeds global limits from the shared store ([`lease_loop`]), and the admin and metrics views.
+//! The decisions themselves are the decision core's ([`vivremotion_decide::limits`]).
 
-pub mod concurrency;
-pub mod lease;
 pub mod redis;
 pub mod store;
 
-use crate::balance::hash::hash64;
-use crate::config::admission::{ConcurrencyConfig, KeyPart, LimitMode};
+use crate::config::admission::{ConcurrencyConfig, LimitMode};
 use crate::config::{Config, RouteConfig};
 use crate::error::ProxyError;
 use crate::guard::gcra::{Gcra, KeyedGcra};
-use crate::telemetry::recorder::Ctr;
-use concurrency::{Acquire, ConcurrencyLimiter, Params, Permit, Wait};
-use http::header::HeaderName;
-use lease::{LeaseBook, LeaseParams, Spend};
+use concurrency::{ConcurrencyLimiter, Params};
+use lease::{LeaseBook, LeaseParams};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{Give, LeaseStore, Take};
+pub use vivremotion_decide::limits::{
+    concurrency, lease, Admit, KeyPart, RateLimiter, RateState, Refusal, RouteLimits,
+};
 use vivremotion_protocol::policy::RoutePolicy;
 use vivremotion_protocol::telemetry::Priority;
-use vivremotion_protocol::{Clock, Nanos};
+use vivremotion_protocol::Clock;
 
 /// Keys per local limit before the least recently useful ones are forgotten.
 const LOCAL_MAX_KEYS: usize = 100_000;
 
-enum Kind {
-    Local(Arc<KeyedGcra>),
-    Global(Arc<LeaseBook>),
-}
-
-pub struct RateLimiter {
-    pub name: String,
-    key: Vec<KeyPart>,
-    gcra: Gcra,
-    kind: Kind,
-    /// `RateLimit-Policy` field value.
-    policy_field: String,
-}
-
-/// What admission decided.
-pub enum Admit {
-    /// Go; hold the permit (if the route limits concurrency) until the response is done.
-    Go(Option<Permit>),
-    /// Wait for a concurrency slot, then go (or be shed).
-    Wait(Wait),
-    /// Refuse with this error (429 rate limited, 503 overloaded).
-    Refuse(ProxyError),
-}
-
-pub struct RouteLimits {
-    route: String,
-    pub rate: Box<[RateLimiter]>,
-    pub concurrency: Option<Arc<ConcurrencyLimiter>>,
-    retry_after: Duration,
-    lease_interval: Duration,
-}
-
-impl RouteLimits {
-    /// Decide a request of priority `p`. `header` looks up a request header's first value.
-    pub fn admit<'a>(
-        &self,
-        p: Priority,
-        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
-        client: IpAddr,
-        now: Nanos,
-    ) -> Admit {
-        for rl in self.rate.iter() {
-            let key = rl.key_hash(&header, client, &self.route);
-            let refused = match &rl.kind {
-                Kind::Local(keys) => {
-                    let v = keys.check(&rl.gcra, &key, now, 1);
-                    (!v.allowed).then_some((v.retry_after, v.remaining, v.reset))
-                }
-                Kind::Global(book) => match book.spend(key, now, self.lease_interval) {
-                    Spend::Leased | Spend::Fallback { allowed: true, .. } => None,
-                    Spend::Fallback { retry_after, .. } | Spend::Denied { retry_after } => {
-                        Some((retry_after, 0, retry_after))
-                    }
-                },
-            };
-            if let Some((retry_after, remaining, reset)) = refused {
-                return Admit::Refuse(ProxyError::RateLimited {
-                    route: self.route.clone(),
-                    limit: rl.name.clone(),
-                    retry_after,
-                    policy: rl.policy_field.clone(),
-                    state: format!(
-                        "\"{}\";r={remaining};t={}",
-                        rl.name,
-                        crate::error::retry_after_secs(reset.max(retry_after))
-                    ),
-                });
+/// The answer to a request admission turned away on `limits`' route.
+pub fn refusal_error(limits: &RouteLimits, r: &Refusal) -> ProxyError {
+    match *r {
+        Refusal::RateLimited {
+            limit,
+            retry_after,
+            remaining,
+            reset,
+        } => {
+            let (name, policy) = limits
+                .rate
+                .get(limit)
+                .map_or(("", ""), |rl| (rl.name.as_str(), rl.policy_field.as_str()));
+            ProxyError::RateLimited {
+                route: limits.route.clone(),
+                limit: name.to_string(),
+                retry_after,
+                policy: policy.to_string(),
+                state: format!(
+                    "\"{name}\";r={remaining};t={}",
+                    crate::error::retry_after_secs(reset.max(retry_after))
+                ),
             }
         }
-        let Some(c) = &self.concurrency else {
-            return Admit::Go(None);
-        };
-        match c.acquire(p, now) {
-            Acquire::Now(permit) => Admit::Go(Some(permit)),
-            Acquire::Wait(w) => Admit::Wait(w),
-            Acquire::Shed => Admit::Refuse(self.overloaded(p)),
-        }
-    }
-
-    /// The 503 a shed request gets.
-    pub fn overloaded(&self, p: Priority) -> ProxyError {
-        ProxyError::Overloaded {
-            route: self.route.clone(),
-            priority: p.as_str(),
-            retry_after: self.retry_after,
-        }
-    }
-}
-
-impl RateLimiter {
-    fn key_hash<'a>(
-        &self,
-        header: &impl Fn(&HeaderName) -> Option<&'a [u8]>,
-        client: IpAddr,
-        route: &str,
-    ) -> u64 {
-        // Stable across processes: global limits name their store key by it.
-        let mut h = 0x9e37_79b9_7f4a_7c15u64;
-        for part in &self.key {
-            h = match part {
-                // An IPv4 client over an IPv6 socket is the same client.
-                KeyPart::ClientIp => match client.to_canonical() {
-                    IpAddr::V4(a) => hash64(&a.octets(), h ^ 1),
-                    IpAddr::V6(a) => hash64(&a.octets(), h ^ 1),
-                },
-                KeyPart::Route => hash64(route.as_bytes(), h ^ 2),
-                // A missing header is its own key: such requests share one bucket.
-                KeyPart::Header(n) => match header(n) {
-                    Some(v) => hash64(v, h ^ 3),
-                    None => hash64(b"", h ^ 4),
-                },
-            };
-        }
-        h
-    }
-}
-
-impl crate::snapshot::RouteRuntime {
-    /// Admission for a request of priority `p` on this route, counted by class in the
-    /// route's telemetry (admitted, limited, shed).
-    pub fn admit<'a>(
-        &self,
-        worker: usize,
-        p: Priority,
-        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
-        client: IpAddr,
-        now: Nanos,
-    ) -> Admit {
-        let a = self.limits.admit(p, header, client, now);
-        match &a {
-            Admit::Go(_) => self.route_stats.add(worker, Ctr::admitted(p), 1),
-            Admit::Refuse(e) => self.count_refused(worker, p, e),
-            Admit::Wait(_) => {}
-        }
-        a
-    }
-
-    /// Wait in the route's queue; counted as admitted or shed.
-    pub async fn wait_admission(
-        &self,
-        worker: usize,
-        p: Priority,
-        w: Wait,
-    ) -> Result<Permit, ProxyError> {
-        match w.wait().await {
-            Some(permit) => {
-                self.route_stats.add(worker, Ctr::admitted(p), 1);
-                Ok(permit)
-            }
-            None => {
-                let e = self.limits.overloaded(p);
-                self.count_refused(worker, p, &e);
-                Err(e)
-            }
-        }
-    }
-
-    fn count_refused(&self, worker: usize, p: Priority, e: &ProxyError) {
-        let c = match e {
-            ProxyError::RateLimited { .. } => Ctr::limited(p),
-            _ => Ctr::shed(p),
-        };
-        self.route_stats.add(worker, c, 1);
+        Refusal::Overloaded { priority } => ProxyError::Overloaded {
+            route: limits.route.clone(),
+            priority: priority.as_str(),
+            retry_after: limits.retry_after,
+        },
     }
 }
 
@@ -212,17 +73,6 @@ pub fn priority<'a>(
     header()
         .and_then(crate::config::admission::parse_priority)
         .unwrap_or(route.priority)
-}
-
-/// `RateLimit-Policy` for a limit: quota `q` per window `w` seconds (draft-ietf-httpapi-
-/// ratelimit-headers). Sub-1/s rates get a window long enough for a whole request.
-fn policy_field(name: &str, rate: f64) -> String {
-    let w = if rate >= 1.0 {
-        1.0
-    } else {
-        (1.0 / rate).ceil()
-    };
-    format!("\"{name}\";q={};w={}", (rate * w).floor().max(1.0), w)
 }
 
 /// Limiter state that outlives snapshots.
@@ -269,7 +119,7 @@ impl LimitRegistry {
             };
             let id = (rc.name.clone(), l.name.clone());
             seen.insert(id.clone());
-            let kind = if l.global {
+            let state = if l.global {
                 let params = LeaseParams {
                     rate: r,
                     burst,
@@ -282,22 +132,21 @@ impl LimitRegistry {
                     .or_insert_with(|| Arc::new(LeaseBook::new(&rc.name, &l.name, params)))
                     .clone();
                 book.set_params(params);
-                Kind::Global(book)
+                RateState::Global(book)
             } else {
                 let mut m = self.local.lock().unwrap_or_else(|e| e.into_inner());
-                Kind::Local(
+                RateState::Local(
                     m.entry(id)
                         .or_insert_with(|| Arc::new(KeyedGcra::new(LOCAL_MAX_KEYS)))
                         .clone(),
                 )
             };
-            rate.push(RateLimiter {
-                name: l.name.clone(),
-                key: l.key.clone(),
-                gcra: Gcra::new(r, burst),
-                kind,
-                policy_field: policy_field(&l.name, r),
-            });
+            rate.push(RateLimiter::new(
+                &l.name,
+                l.key.clone(),
+                Gcra::new(r, burst),
+                state,
+            ));
         }
         // A policy may limit a route the config leaves unlimited: defaults for the rest.
         let policy_limit = policy.and_then(|p| p.concurrency_limit);
@@ -476,11 +325,11 @@ pub fn describe(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
                         "global": cfg.global,
                         "ratelimit_policy": rl.policy_field,
                     });
-                    match &rl.kind {
-                        Kind::Local(keys) => {
+                    match &rl.state {
+                        RateState::Local(keys) => {
                             v["keys"] = json!(keys.len());
                         }
-                        Kind::Global(b) => {
+                        RateState::Global(b) => {
                             let p = b.params();
                             v["keys"] = json!(b.keys());
                             v["store_up"] = json!(b.store_up());
@@ -609,17 +458,5 @@ pub async fn lease_loop(
             }
             was_up = up;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_fields_follow_the_draft() {
-        assert_eq!(policy_field("api", 100.0), "\"api\";q=100;w=1");
-        assert_eq!(policy_field("slow", 0.1), "\"slow\";q=1;w=10");
-        assert_eq!(policy_field("x", 2.5), "\"x\";q=2;w=1");
     }
 }

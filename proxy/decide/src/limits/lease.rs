@@ -2,16 +2,15 @@
 //!
 //! Each global limit has a [`LeaseBook`]: per key, the tokens this instance holds. The request
 //! path spends them under a short shard lock and never talks to the store. The leaser
-//! ([`LeaseBook::plan`] / [`LeaseBook::settle`], driven by `crate::limits::lease_loop`) tops
+//! ([`LeaseBook::plan`] / [`LeaseBook::settle`], driven by the proxy's leaser loop) tops
 //! every active key up to about two lease intervals of its recent demand and gives back what
 //! an idle key holds, in one store round trip per interval for all keys.
 //!
 //! Until a key's first lease arrives, and while the store is unreachable, requests are decided
 //! by the limit's fallback: a local GCRA at `local_share × rate` (or admit all / none).
 
-use crate::config::admission::OnStoreDown;
+use super::bucket::{Give, Grant, Take};
 use crate::guard::gcra::Gcra;
-use crate::limits::store::{Give, Grant, Take};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -68,6 +67,18 @@ pub enum Spend {
     },
     /// Out of leased tokens; the next lease comes within `retry_after`.
     Denied { retry_after: Duration },
+}
+
+/// What a global limit does while its store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreDown {
+    /// Admit up to `local_share × rate` on this instance alone.
+    LocalShare,
+    /// Admit everything.
+    Open,
+    /// Admit nothing.
+    Closed,
 }
 
 /// Parameters the snapshot sets (config + policy).
@@ -322,8 +333,7 @@ impl LeaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::store::{LeaseStore, MemoryStore};
-    use std::sync::Arc;
+    use crate::limits::bucket::Buckets;
     use vivremotion_protocol::clock::ManualClock;
     use vivremotion_protocol::Clock;
 
@@ -338,21 +348,22 @@ mod tests {
         }
     }
 
-    async fn lease_round(book: &LeaseBook, store: &MemoryStore) {
+    fn lease_round(book: &LeaseBook, store: &mut Buckets, clock: &ManualClock) {
         let (mut takes, mut gives) = (Vec::new(), Vec::new());
         book.plan(TICK, &mut takes, &mut gives);
         let list: Vec<Take> = takes.iter().map(|(_, t)| t.clone()).collect();
-        let grants = store.take(&list).await.unwrap();
+        let now_us = clock.now().0 / 1_000;
+        let grants = store.take(&list, now_us);
         book.settle(&takes, Ok(&grants), &mut gives);
-        store.give(&gives).await.unwrap();
+        store.give(&gives, now_us);
     }
 
     /// Two instances, each offered 5× the limit, share one store: together they admit the
     /// limit (± the bucket's capacity and the first fallback decisions).
-    #[tokio::test]
-    async fn two_books_on_one_store_admit_the_shared_rate() {
+    #[test]
+    fn two_books_on_one_store_admit_the_shared_rate() {
         let clock = ManualClock::new(0);
-        let store = MemoryStore::new(Arc::new(clock.clone()));
+        let mut store = Buckets::default();
         let books = [
             LeaseBook::new("r", "l", params(1000.0)),
             LeaseBook::new("r", "l", params(1000.0)),
@@ -370,7 +381,7 @@ mod tests {
                 }
             }
             for b in &books {
-                lease_round(b, &store).await;
+                lease_round(b, &mut store, &clock);
             }
             clock.advance(TICK);
         }
@@ -439,10 +450,10 @@ mod tests {
 
     /// A key well under its limit, sending less often than every lease interval, is never
     /// refused (its leases must not be given back between two requests).
-    #[tokio::test]
-    async fn a_light_key_under_the_limit_is_always_admitted() {
+    #[test]
+    fn a_light_key_under_the_limit_is_always_admitted() {
         let clock = ManualClock::new(0);
-        let store = MemoryStore::new(Arc::new(clock.clone()));
+        let mut store = Buckets::default();
         let book = LeaseBook::new("r", "l", params(100.0));
         let mut refused = 0;
         // 50/s against 100/s: one request every 20 ms, leases every 10 ms, for 10 s.
@@ -453,7 +464,7 @@ mod tests {
                     _ => refused += 1,
                 }
             }
-            lease_round(&book, &store).await;
+            lease_round(&book, &mut store, &clock);
             clock.advance(TICK);
         }
         assert_eq!(refused, 0);

@@ -8,13 +8,19 @@
 //!
 //! Hot path: one compare-and-swap on the in-flight counter. The waiter lists are locked only
 //! when a request cannot be admitted at once, and on release only when someone waits.
+//!
+//! A waiter is a plain grant/refuse flag with a [`Waker`]: no runtime. The proxy awaits a
+//! [`Wait`] (it is a `Future`) under a tokio timer; the simulator polls [`Wait::state`] on its
+//! own event queue. Either way [`Wait::finish`] settles it at the deadline or on the grant.
 
 use crate::guard::gradient::{GradientConfig, GradientLimit, WindowStats};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use vivremotion_protocol::telemetry::Priority;
 use vivremotion_protocol::{Clock, Nanos};
 
@@ -29,9 +35,40 @@ pub struct Params {
     pub shed_at: [f64; 3],
 }
 
+/// How a wait stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitState {
+    Waiting,
+    /// A slot was handed over: it is counted in flight for this waiter.
+    Granted,
+    /// Evicted from a full queue by a more important request.
+    Refused,
+}
+
+/// The cell a waiter and the limiter share.
+#[derive(Debug)]
+struct Signal {
+    state: Mutex<(WaitState, Option<Waker>)>,
+}
+
+impl Signal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (WaitState, Option<Waker>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Settle the wait (called with the queue lock held, on a waiter taken off its list).
+    fn settle(&self, to: WaitState) {
+        let mut s = self.lock();
+        s.0 = to;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    }
+}
+
 struct Waiter {
     id: u64,
-    tx: oneshot::Sender<()>,
+    signal: Arc<Signal>,
 }
 
 #[derive(Default)]
@@ -103,28 +140,48 @@ impl Drop for Permit {
     }
 }
 
-/// A request waiting in the queue. Dropping it (the client left) gives up its place, or the
-/// slot it was just handed.
+/// A request waiting in the queue until its deadline ([`Wait::until`]). As a `Future` it
+/// completes when the wait is settled (granted or refused); [`Wait::finish`] then, or at the
+/// deadline, turns it into a permit or a refusal. Dropping it unfinished (the client left)
+/// gives up its place, or the slot it was just handed.
 pub struct Wait {
     lim: Arc<ConcurrencyLimiter>,
     class: usize,
     id: u64,
-    rx: oneshot::Receiver<()>,
+    signal: Arc<Signal>,
+    until: Nanos,
     done: bool,
 }
 
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wait")
+            .field("class", &self.class)
+            .field("until", &self.until)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Wait {
-    /// Wait up to the route's `max_wait`; `None`: timed out, shed.
-    pub async fn wait(mut self) -> Option<Permit> {
-        let max_wait = Duration::from_micros(self.lim.max_wait_us.load(Relaxed));
-        let granted = matches!(
-            tokio::time::timeout(max_wait, &mut self.rx).await,
-            Ok(Ok(()))
-        ) || !self.leave();
+    /// When the wait ends unless a slot comes first: arrival + the route's `max_wait`.
+    pub fn until(&self) -> Nanos {
+        self.until
+    }
+
+    pub fn state(&self) -> WaitState {
+        self.signal.lock().0
+    }
+
+    /// End the wait at `now`: the permit if a slot was handed over (even at the last
+    /// moment), else `None` (timed out or evicted: shed), and the place in the queue is
+    /// given up.
+    pub fn finish(mut self, now: Nanos) -> Option<Permit> {
+        let granted = self.state() == WaitState::Granted || !self.leave();
         self.done = true;
         granted.then(|| Permit {
             lim: self.lim.clone(),
-            started: self.lim.clock.now(),
+            started: now,
             sample: true,
         })
     }
@@ -139,9 +196,25 @@ impl Wait {
             return true;
         }
         drop(q);
-        // Not in the list any more: the slot was handed over just as the wait ended, or the
-        // sender was dropped with nothing sent.
-        self.rx.try_recv().is_err()
+        // Off the list: settled, under the queue lock, before we looked.
+        self.state() != WaitState::Granted
+    }
+}
+
+impl Future for Wait {
+    type Output = WaitState;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitState> {
+        let mut s = self.signal.lock();
+        match s.0 {
+            WaitState::Waiting => {
+                if !s.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.1 = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            done => Poll::Ready(done),
+        }
     }
 }
 
@@ -226,6 +299,11 @@ impl ConcurrencyLimiter {
             .is_some()
     }
 
+    /// How long a request may wait for a slot.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_micros(self.max_wait_us.load(Relaxed))
+    }
+
     /// The in-flight count below which `class` is admitted.
     fn threshold(&self, class: usize) -> u32 {
         let limit = u64::from(self.limit.load(Relaxed));
@@ -294,20 +372,26 @@ impl ConcurrencyLimiter {
                 .find_map(|c| q.by_class[c].pop_back());
             self.waiting.fetch_sub(1, SeqCst);
             match evicted {
-                // Dropping its sender tells the waiter it was refused.
-                Some(w) => drop(w),
+                Some(w) => w.signal.settle(WaitState::Refused),
                 None => return Acquire::Shed,
             }
         }
-        let (tx, rx) = oneshot::channel();
+        let signal = Arc::new(Signal {
+            state: Mutex::new((WaitState::Waiting, None)),
+        });
         let id = q.next_id;
         q.next_id += 1;
-        q.by_class[class].push_back(Waiter { id, tx });
+        q.by_class[class].push_back(Waiter {
+            id,
+            signal: signal.clone(),
+        });
+        let max_wait = Duration::from_micros(self.max_wait_us.load(Relaxed));
         Acquire::Wait(Wait {
             lim: self.clone(),
             class,
             id,
-            rx,
+            signal,
+            until: now.saturating_add(max_wait),
             done: false,
         })
     }
@@ -332,11 +416,12 @@ impl ConcurrencyLimiter {
             if free_at >= self.threshold(class) {
                 continue;
             }
-            while let Some(w) = q.by_class[class].pop_front() {
+            // A waiter on the list is alive (it leaves under this lock), so the first one
+            // takes the slot.
+            if let Some(w) = q.by_class[class].pop_front() {
                 self.waiting.fetch_sub(1, SeqCst);
-                if w.tx.send(()).is_ok() {
-                    return true;
-                }
+                w.signal.settle(WaitState::Granted);
+                return true;
             }
         }
         false
@@ -348,16 +433,9 @@ impl ConcurrencyLimiter {
         let mut q = self.lock();
         for class in 0..2 {
             while !q.by_class[class].is_empty() && self.try_take(class) {
-                let mut given = false;
-                while let Some(w) = q.by_class[class].pop_front() {
+                if let Some(w) = q.by_class[class].pop_front() {
                     self.waiting.fetch_sub(1, SeqCst);
-                    if w.tx.send(()).is_ok() {
-                        given = true;
-                        break;
-                    }
-                }
-                if !given {
-                    self.in_flight.fetch_sub(1, SeqCst);
+                    w.signal.settle(WaitState::Granted);
                 }
             }
         }
@@ -462,8 +540,8 @@ mod tests {
         assert_eq!(l.in_flight(), 0);
     }
 
-    #[tokio::test]
-    async fn a_freed_slot_goes_to_the_highest_waiting_class() {
+    #[test]
+    fn a_freed_slot_goes_to_the_highest_waiting_class() {
         let l = lim(2, 8);
         let a = now_permit(l.acquire(Priority::Critical, Nanos(0)));
         let b = now_permit(l.acquire(Priority::Critical, Nanos(0)));
@@ -479,14 +557,51 @@ mod tests {
             Acquire::Shed
         ));
         assert_eq!(l.waiting(), 2);
+        assert_eq!(wd.until(), Nanos(50_000_000));
         drop(a);
-        // The critical waiter got the slot; the default one times out.
-        let c = wc.wait().await;
+        // The critical waiter got the slot; the default one times out at its deadline.
+        assert_eq!(wc.state(), WaitState::Granted);
+        assert_eq!(wd.state(), WaitState::Waiting);
+        let c = wc.finish(Nanos(1));
         assert!(c.is_some());
-        assert!(wd.wait().await.is_none());
+        assert!(wd.finish(Nanos(50_000_000)).is_none());
         assert_eq!(l.waiting(), 0);
         assert_eq!(l.in_flight(), 2);
         drop((b, c));
+        assert_eq!(l.in_flight(), 0);
+    }
+
+    /// A wait is a future that completes when the wait is settled, with no runtime: a
+    /// hand-rolled waker sees the wake-up.
+    #[test]
+    fn a_wait_wakes_its_task_when_granted() {
+        use std::sync::atomic::AtomicBool;
+        use std::task::Wake;
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, SeqCst);
+            }
+        }
+        let l = lim(1, 1);
+        let held = now_permit(l.acquire(Priority::Critical, Nanos(0)));
+        let Acquire::Wait(mut w) = l.acquire(Priority::Critical, Nanos(0)) else {
+            panic!("should wait");
+        };
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(Pin::new(&mut w).poll(&mut cx), Poll::Pending);
+        drop(held);
+        assert!(flag.0.load(SeqCst));
+        assert_eq!(
+            Pin::new(&mut w).poll(&mut cx),
+            Poll::Ready(WaitState::Granted)
+        );
+        let p = w.finish(Nanos(5));
+        assert!(p.is_some());
+        assert_eq!(l.in_flight(), 1);
+        drop(p);
         assert_eq!(l.in_flight(), 0);
     }
 
@@ -512,8 +627,8 @@ mod tests {
         assert_eq!(l.in_flight(), 0);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_makes_room_for_a_higher_class() {
+    #[test]
+    fn a_full_queue_makes_room_for_a_higher_class() {
         let l = lim(1, 2);
         let held = now_permit(l.acquire(Priority::Critical, Nanos(0)));
         assert!(held.is_some());
@@ -533,15 +648,15 @@ mod tests {
             panic!("critical should wait in a full queue of default requests");
         };
         assert_eq!(l.waiting(), 2);
-        // The evicted waiter is refused at once (max_wait is 50 ms; this does not wait).
-        let t = tokio::time::Instant::now();
-        assert!(d2.wait().await.is_none());
-        assert!(t.elapsed() < Duration::from_millis(40));
+        // The evicted waiter is refused at once, long before its deadline.
+        assert_eq!(d2.state(), WaitState::Refused);
+        assert!(d2.finish(Nanos(1)).is_none());
         // The freed slot goes to the critical waiter; the older default one times out.
         drop(held);
-        let p = c.wait().await;
+        assert_eq!(c.state(), WaitState::Granted);
+        let p = c.finish(Nanos(2));
         assert!(p.is_some());
-        assert!(d1.wait().await.is_none());
+        assert!(d1.finish(Nanos(50_000_000)).is_none());
         assert_eq!(l.waiting(), 0);
         drop(p);
         assert_eq!(l.in_flight(), 0);
