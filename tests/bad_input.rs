@@ -243,3 +243,134 @@ async fn random_bytes_never_take_the_proxy_down() {
         .unwrap();
     assert_eq!(metrics.status, 200);
 }
+
+fn upstream_state(v: &serde_json::Value) -> serde_json::Value {
+    v["endpoints"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A client that breaks its own requests (an invalid chunk size, twenty times) gets 400 each
+/// time, and none of it is counted against the healthy upstream: its breaker stays closed and
+/// untripped, it is never ejected, its latency estimate does not jump, no upstream error is
+/// counted, and other clients are served as before. HTTP/1.1 framing errors of RFC 9112 get
+/// 400 too: differing Content-Length values, and a Host field missing or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_broken_requests_are_its_own_fault() {
+    let good = backend("good", 0.0).await;
+    let config = simple_config(
+        &endpoints_toml(&[good], None),
+        "round_robin",
+        "[clusters.backend.breaker]\nconsecutive_failures = 3\n\
+         [clusters.backend.outlier]\nconsecutive_gateway_errors = 3",
+        "",
+    );
+    let proxy = Proxy::start(&config);
+    let client = http1_client();
+    assert_eq!(get(&client, &proxy.url("/warm")).await.unwrap().status, 200);
+    let before = upstream_state(
+        &get(&client, &proxy.admin_url("/api/v1/upstreams"))
+            .await
+            .unwrap()
+            .json(),
+    );
+    let ewma_before = before["ewma_ms"].as_f64().unwrap();
+
+    for i in 0..20 {
+        let (st, reply) = raw(
+            proxy.addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(st, 400, "broken POST {i}: {reply}");
+        assert_eq!(error_type(&reply), "bad_request");
+    }
+    let after = upstream_state(
+        &get(&client, &proxy.admin_url("/api/v1/upstreams"))
+            .await
+            .unwrap()
+            .json(),
+    );
+    assert_eq!(after["available"], true, "{after}");
+    assert_eq!(after["consecutive_failures"], 0, "{after}");
+    assert_eq!(after["breaker"]["state"], "closed", "{after}");
+    assert_eq!(after["breaker"]["trips"], 0, "{after}");
+    assert_eq!(after["ejection"]["times_ejected"], 0, "{after}");
+    // A failure recorded against it would have raised the estimate to the route's timeout;
+    // without samples it only decays.
+    let ewma_after = after["ewma_ms"].as_f64().unwrap();
+    assert!(
+        ewma_after <= ewma_before,
+        "EWMA rose from {ewma_before} to {ewma_after} ms"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        sum_samples(
+            &m,
+            "vivremotion_proxy_requests_total",
+            &["code_class=\"5xx\""]
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum_samples(&m, "vivremotion_proxy_upstream_errors_total", &[]),
+        0.0,
+        "{m}"
+    );
+    // Another client is served.
+    assert_eq!(
+        get(&http1_client(), &proxy.url("/other"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // RFC 9112 framing: every one of these is refused with 400.
+    let cases: [&[u8]; 5] = [
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n",
+    ];
+    for case in cases {
+        let (st, reply) = raw(proxy.addr, case).await;
+        assert_eq!(st, 400, "{}\n→ {reply}", String::from_utf8_lossy(case));
+    }
+    // HTTP/1.0 may leave Host out.
+    let (st, reply) = raw(proxy.addr, b"GET /a HTTP/1.0\r\n\r\n").await;
+    assert_eq!(st, 200, "{reply}");
+    assert_still_serving(&proxy).await;
+}
+
+/// A client that starts a head and stalls gets 408 when `header_read_timeout` runs out, and
+/// then the connection closes; an idle keep-alive connection is simply closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_head_gets_408() {
+    let good = backend("good", 0.0).await;
+    let config = base_config(1).replace(
+        "workers = 1\n",
+        "workers = 1\nheader_read_timeout = \"300ms\"\n",
+    ) + &format!(
+        "[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        good.addr()
+    );
+    let proxy = Proxy::start(&config);
+    let started = std::time::Instant::now();
+    let (st, reply) = raw(proxy.addr, b"GET /slowloris HTTP/1.1\r\nHost: x\r\nX-Half").await;
+    assert_eq!(st, 408, "{reply}");
+    assert_eq!(error_type(&reply), "request_timeout");
+    assert!(
+        reply.to_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Nothing sent at all: closed without an answer.
+    let (st, reply) = raw(proxy.addr, b"").await;
+    assert_eq!((st, reply.as_str()), (0, ""));
+    assert_still_serving(&proxy).await;
+}

@@ -380,3 +380,50 @@ async fn h2c_is_taken_out_of_a_mixed_upgrade_offer() {
         .unwrap_or_default();
     assert_eq!(upgrade.trim(), "echo", "{head}");
 }
+
+/// HTTP/2 streams the client cancels while the upstream is still working are the client's
+/// doing: counted as 499 (4xx), never as 5xx, and nothing is held against the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_http2_streams_are_not_5xx() {
+    let slow = backend("slow", 400.0).await;
+    let proxy = Proxy::start(&round_robin_config(&[slow]));
+    let client = h2c_client();
+    for _ in 0..10 {
+        let r =
+            tokio::time::timeout(Duration::from_millis(50), get(&client, &proxy.url("/c"))).await;
+        assert!(
+            r.is_err(),
+            "the request should still be running when cancelled"
+        );
+    }
+    let counted = eventually(Duration::from_secs(10), || async {
+        let m = proxy.metrics().await;
+        sum_samples(
+            &m,
+            "vivremotion_proxy_requests_total",
+            &["code_class=\"4xx\""],
+        ) >= 10.0
+    })
+    .await;
+    let m = proxy.metrics().await;
+    assert!(counted, "cancelled streams not counted as 4xx:\n{m}");
+    assert_eq!(
+        sum_samples(
+            &m,
+            "vivremotion_proxy_requests_total",
+            &["code_class=\"5xx\""]
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum_samples(&m, "vivremotion_proxy_upstream_errors_total", &[]),
+        0.0,
+        "{m}"
+    );
+    let up = get(&http1_client(), &proxy.admin_url("/api/v1/upstreams"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(up["endpoints"][0]["consecutive_failures"], 0, "{up}");
+}

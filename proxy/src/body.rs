@@ -27,6 +27,22 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's request body broke while it was being forwarded: malformed framing (an
+/// invalid chunk size), shorter than its `Content-Length`, or reset by the client. The
+/// client's fault: answered 400 and never counted against the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is malformed or was cut short by the client: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// A try that failed through the client's fault, not the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The body ran over the route's limit (413).
+    TooLarge(u64),
+    /// The body was malformed, short or reset (400).
+    Broken(String),
+}
+
 /// Where a request's outcome is recorded.
 #[derive(Debug, Clone, Copy)]
 pub enum ScopeRef {
@@ -59,6 +75,11 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The process clock in whole seconds (for rate-limited logging).
+    pub fn now_secs(&self) -> u64 {
+        self.snap.clock.now().0 / 1_000_000_000
+    }
+
     /// A guard for a try that is now in flight in `scope`. Its status is 499 until the try
     /// ends: if the client leaves first, that is what happened.
     pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize) -> Guard {
@@ -213,7 +234,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             None => Poll::Ready(None),
         }
     }
@@ -396,12 +417,16 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Whether `err` (or anything in its source chain) is a [`BodyTooLarge`].
-pub fn find_body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+/// Whether `err` (or anything in its source chain) is the client's fault: a
+/// [`BodyTooLarge`] or a [`ClientBodyError`].
+pub fn client_fault(err: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
-            return Some(b.limit);
+            return Some(ClientFault::TooLarge(b.limit));
+        }
+        if let Some(b) = e.downcast_ref::<ClientBodyError>() {
+            return Some(ClientFault::Broken(b.0.to_string()));
         }
         cur = e.source();
     }

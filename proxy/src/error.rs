@@ -28,6 +28,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("malformed request: {0}")]
     BadRequest(String),
+    #[error("the request head did not arrive within {}", humantime::format_duration(*.timeout))]
+    RequestTimeout { timeout: Duration },
     #[error("no endpoint of cluster {cluster:?} can take traffic")]
     NoEndpoint { cluster: String },
     #[error("every endpoint of cluster {cluster:?} has its circuit breaker open")]
@@ -67,6 +69,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoint { .. }
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RequestTimeout { .. } => "request_timeout",
             ProxyError::NoEndpoint { .. } => "no_endpoint",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::UpstreamConnect { .. } => "upstream_connect_error",
@@ -101,6 +105,7 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
+            | ProxyError::RequestTimeout { .. }
             | ProxyError::RateLimited { .. } => Side::Client,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
@@ -172,6 +177,51 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Log a request's error answer at the level an operator expects (upstream and overload
+/// failures warn, client mistakes are info), at most once a second per error type: a flood of
+/// the same failure gives one line a second that says how many it stands for. `now_s`: the
+/// process clock in whole seconds.
+pub fn log_answer(err: &ProxyError, request_id: &str, now_s: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    // Per error type: the second of the last line, and the answers since it.
+    static LAST: [AtomicU64; 12] = [const { AtomicU64::new(u64::MAX) }; 12];
+    static SINCE: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+    let i = match err {
+        ProxyError::NoRoute { .. } => 0,
+        ProxyError::HeadersTooLarge { .. } => 1,
+        ProxyError::BodyTooLarge { .. } => 2,
+        ProxyError::BadRequest(_) => 3,
+        ProxyError::RequestTimeout { .. } => 4,
+        ProxyError::NoEndpoint { .. } => 5,
+        ProxyError::CircuitOpen { .. } => 6,
+        ProxyError::UpstreamConnect { .. } => 7,
+        ProxyError::UpstreamReset { .. } => 8,
+        ProxyError::UpstreamTimeout { .. } => 9,
+        ProxyError::RateLimited { .. } => 10,
+        ProxyError::Overloaded { .. } => 11,
+    };
+    SINCE[i].fetch_add(1, Relaxed);
+    let last = LAST[i].load(Relaxed);
+    if last == now_s
+        || LAST[i]
+            .compare_exchange(last, now_s, Relaxed, Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let n = SINCE[i].swap(0, Relaxed).max(1);
+    let status = err.status().as_u16();
+    let kind = err.type_str();
+    match err.side() {
+        Side::Client => {
+            tracing::info!(status, kind, count = n, request_id, error = %err, "request refused")
+        }
+        Side::Upstream | Side::Proxy => {
+            tracing::warn!(status, kind, count = n, request_id, error = %err, "request failed")
+        }
+    }
 }
 
 #[cfg(test)]

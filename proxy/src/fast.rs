@@ -322,14 +322,12 @@ where
     loop {
         // Limits for reading this head; the request itself runs on the snapshot current when
         // its head is complete (`plan`).
-        let (max_head, deadline) = {
+        let (max_head, head_timeout) = {
             let snap = w.shared.snapshot.load();
             let p = &snap.config.proxy;
-            (
-                p.max_header_bytes,
-                tokio::time::Instant::now() + p.header_read_timeout,
-            )
+            (p.max_header_bytes, p.header_read_timeout)
         };
+        let deadline = tokio::time::Instant::now() + head_timeout;
         // Polled after the read, so a head that is already buffered never touches the timer wheel.
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
@@ -372,7 +370,14 @@ where
                     Ok(0) | Err(_) => return Served::Done,
                     Ok(_) => {}
                 },
-                _ = &mut expiry => return Served::Done,
+                _ = &mut expiry => {
+                    // Part of a head came and the rest did not: say so before closing
+                    // (RFC 9110 408). An idle keep-alive connection just closes.
+                    if !rbuf.is_empty() {
+                        let _ = head_timeout_answer(&w, &mut io, &mut wbuf, head_timeout).await;
+                    }
+                    return Served::Done;
+                }
             }
         };
         first = false;
@@ -391,6 +396,25 @@ where
             return Served::Done;
         }
     }
+}
+
+/// The 408 for a head that did not arrive in time, counted as an unmatched request.
+async fn head_timeout_answer<IO>(
+    w: &Worker,
+    io: &mut IO,
+    wbuf: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> io::Result<()>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let snap = w.shared.snapshot.load_full();
+    let rid = headers::new_request_id(w.rng().random());
+    let guard = Guard::local(snap, ScopeRef::Unmatched, w.id, Outcome::new(0, 0.0));
+    let err = ProxyError::RequestTimeout { timeout };
+    let latency_us = timeout.as_secs_f64() * 1e6;
+    write_error(io, wbuf, &err, &rid, guard, latency_us, false, false).await?;
+    io.shutdown().await
 }
 
 fn fallback<IO>(rbuf: BytesMut, io: IO) -> Served<IO> {
@@ -442,7 +466,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     }
     let fields: &[httparse::Header] = req.headers;
     let mut host_field = None;
-    let mut body_len = 0u64;
+    let mut declared: Option<u64> = None;
     let mut client_close = false;
     for f in fields {
         let name = f.name;
@@ -452,8 +476,9 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
             }
             host_field = std::str::from_utf8(f.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
+            // Differing values (`0` then `N` too) are hyper's to refuse (400, close).
             match h1::parse_decimal(f.value) {
-                Some(n) if body_len == 0 || body_len == n => body_len = n,
+                Some(n) if declared.is_none_or(|d| d == n) => declared = Some(n),
                 _ => return Parsed::Fallback,
             }
         } else if name.eq_ignore_ascii_case("connection") {
@@ -476,6 +501,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let Some(host_field) = host_field else {
         return Parsed::Fallback;
     };
+    let body_len = declared.unwrap_or(0);
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let raw = RawRequest {
         method,
@@ -752,7 +778,8 @@ where
             }
             Ok(Err((Failure::Client(e), _))) => {
                 // The client went away or broke its own request: nothing to answer (the
-                // guard's status stays 499).
+                // guard's status stays 499) and nothing against the upstream.
+                flow.client_failed(route);
                 guard.carry(access, flow.tries());
                 return Err(e);
             }
@@ -1090,7 +1117,7 @@ where
     guard.outcome.status = status.as_u16();
     guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
     guard.outcome.latency_us = latency_us;
-    tracing::debug!(status = status.as_u16(), error = %err, request_id = ?rid, "request failed");
+    crate::error::log_answer(err, rid.to_str().unwrap_or(""), guard.now_secs());
     let body = err.json_body(rid.to_str().ok());
     guard.outcome.bytes_out = if head_req { 0 } else { body.len() as u64 };
     wbuf.clear();

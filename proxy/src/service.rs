@@ -7,7 +7,7 @@
 
 use crate::access_log::{AccessLog, RequestInfo};
 use crate::balance::hash::mix64;
-use crate::body::{find_body_too_large, Guard, RequestBody, ResponseBody, ScopeRef};
+use crate::body::{client_fault, ClientFault, Guard, RequestBody, ResponseBody, ScopeRef};
 use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -97,7 +97,7 @@ fn error_response(
     guard.outcome.status = err.status().as_u16();
     guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
     guard.outcome.latency_us = latency_us;
-    tracing::debug!(status = err.status().as_u16(), error = %err, request_id = ?rid, "request failed");
+    crate::error::log_answer(err, rid.to_str().unwrap_or(""), guard.now_secs());
     let body = err.json_body(rid.to_str().ok());
     let mut resp = Response::new(ResponseBody::full(body, Some(guard), head));
     *resp.status_mut() = err.status();
@@ -185,6 +185,17 @@ pub async fn handle(
             "CONNECT is not supported: vivremotion is a reverse proxy".into(),
         );
         return local.error(ScopeRef::Unmatched, err, access);
+    }
+
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
+    if req.version() == Version::HTTP_11 {
+        let hosts = req.headers().get_all(HOST).iter().count();
+        if hosts != 1 {
+            let err = ProxyError::BadRequest(format!(
+                "an HTTP/1.1 request must carry exactly one Host field, this one has {hosts}"
+            ));
+            return local.error(ScopeRef::Unmatched, err, access);
+        }
     }
 
     let Some(ri) = snap.route_for(req.method(), req.uri(), req.headers()) else {
@@ -370,15 +381,15 @@ pub async fn handle(
             }
             Ok(Err(e)) => match e {
                 SendError::Request(e) => {
-                    if let Some(limit) = find_body_too_large(&*e) {
+                    if let Some(fault) = client_fault(&*e) {
+                        // The client's own doing: not the upstream's failure.
+                        flow.client_failed(route);
+                        let err = match fault {
+                            ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+                            ClientFault::Broken(detail) => ProxyError::BadRequest(detail),
+                        };
                         guard.carry(access, flow.tries());
-                        return error_response(
-                            &ProxyError::BodyTooLarge { limit },
-                            &rid,
-                            guard,
-                            latency_us,
-                            head_req,
-                        );
+                        return error_response(&err, &rid, guard, latency_us, head_req);
                     }
                     (
                         TryFailure::Reset,

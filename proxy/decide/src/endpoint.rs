@@ -47,6 +47,8 @@ pub struct EndpointState {
     breaker: Mutex<Option<Breaker>>,
     /// Lock-free view of the breaker for the balancer: while open, the time it reopens.
     breaker_blocked_until: AtomicU64,
+    /// A breaker is configured: without one, the pick and the record never touch its mutex.
+    breaker_on: AtomicBool,
 }
 
 /// How a try ended, as the endpoint's guards see it.
@@ -110,6 +112,7 @@ impl EndpointState {
             health_check_failures: AtomicU64::new(0),
             breaker: Mutex::new(None),
             breaker_blocked_until: AtomicU64::new(0),
+            breaker_on: AtomicBool::new(false),
         }
     }
 
@@ -117,6 +120,7 @@ impl EndpointState {
     /// its state.
     pub fn set_breaker(&self, cfg: Option<BreakerConfig>) {
         let mut b = lock(&self.breaker);
+        self.breaker_on.store(cfg.is_some(), Relaxed);
         match (cfg, b.as_mut()) {
             (None, _) => {
                 *b = None;
@@ -129,6 +133,13 @@ impl EndpointState {
 
     /// May a request go to this endpoint now, as far as its breaker is concerned?
     pub fn breaker_admit(&self, now: Nanos) -> Admit {
+        // The common cases without the lock: no breaker, or one that is open.
+        if !self.breaker_on.load(Relaxed) {
+            return Admit::Yes;
+        }
+        if self.breaker_blocked_until.load(Relaxed) > now.0 {
+            return Admit::No;
+        }
         let mut g = lock(&self.breaker);
         let Some(b) = g.as_mut() else {
             return Admit::Yes;
@@ -246,7 +257,10 @@ impl EndpointState {
         if success {
             self.sr_successes.fetch_add(1, Relaxed);
         }
-        let tripped = {
+        // An open breaker ignores what non-probes report (their window is gone).
+        let breaker = self.breaker_on.load(Relaxed)
+            && (probe || self.breaker_blocked_until.load(Relaxed) <= now.0);
+        let tripped = breaker && {
             let mut g = lock(&self.breaker);
             match g.as_mut() {
                 Some(b) => {
@@ -274,6 +288,14 @@ impl EndpointState {
         let eject = (cfg.consecutive_5xx > 0 && c5 >= cfg.consecutive_5xx)
             || (cfg.consecutive_gateway_errors > 0 && cg >= cfg.consecutive_gateway_errors);
         (eject, tripped)
+    }
+
+    /// A probe try ended through the client's fault (it says nothing about the endpoint):
+    /// give its half-open slot back without a verdict.
+    pub fn cancel_probe(&self) {
+        if let Some(b) = lock(&self.breaker).as_mut() {
+            b.cancel_probe();
+        }
     }
 
     pub fn set_decay(&self, decay: Duration) {

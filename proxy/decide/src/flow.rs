@@ -484,6 +484,23 @@ impl RequestFlow {
             .unwrap_or(Next::Fail(failure))
     }
 
+    /// The try ended through the client's fault (its body was malformed, too large or cut
+    /// short; it reset the stream): nothing is recorded against the endpoint (no failure,
+    /// latency, breaker or ejection count), a probe's half-open slot goes back, and the
+    /// request is not retried. The driver answers 400/413, or nothing if the client is gone.
+    pub fn client_failed(&mut self, core: &RouteCore) {
+        if let Some((t, _)) = self.current {
+            if t.probe {
+                if let Some(e) = core.endpoints.get(t.endpoint) {
+                    e.cancel_probe();
+                }
+            }
+        }
+        if let Some(p) = self.permit.as_mut() {
+            p.no_sample();
+        }
+    }
+
     fn unix_ms(&self, now: Nanos) -> u64 {
         self.req.unix_ms + now.saturating_since(self.t0).as_millis() as u64
     }

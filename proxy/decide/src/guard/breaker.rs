@@ -166,6 +166,14 @@ impl Breaker {
         }
     }
 
+    /// A probe ended with no verdict on the endpoint (the client broke its own request): its
+    /// slot goes back.
+    pub fn cancel_probe(&mut self) {
+        if self.state == BreakerState::HalfOpen {
+            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     /// The outcome of a request admitted at `admit`. `probe`: it was admitted as a probe.
     pub fn record(&mut self, now: Nanos, success: bool, probe: bool) {
         if probe {
