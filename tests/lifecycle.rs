@@ -1046,3 +1046,71 @@ match = {{ path_prefix = "/slow" }}
     );
     assert_eq!(slow_5xx, 0.0, "{m}");
 }
+
+/// A control loop that panics is restarted and counted, and `/readyz` says not ready while it
+/// is down; the data plane keeps serving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_control_loop_is_restarted_and_counted() {
+    let good = backend("good", 0.0).await;
+    let proxy = Proxy::start_with_env(
+        &round_robin_config(&[good]),
+        &[("VIVREMOTION_TEST_FAULTS", "1")],
+    );
+    let client = http1_client();
+    let readyz = |client: HttpClient, url: String| async move {
+        let r = get(&client, &url).await.unwrap();
+        (r.status, r.json())
+    };
+    let (st, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["control_loops"]["guard"]["restarts"], 0, "{v}");
+
+    let arm = |on: bool| {
+        let (client, url) = (client.clone(), proxy.admin_url("/api/v1/debug/faults"));
+        async move {
+            let body = format!("{{\"loop\":\"guard\",\"panic\":{on}}}");
+            post_json(&client, &url, &body, "POST").await.status
+        }
+    };
+    assert_eq!(arm(true).await, 200);
+    // Armed, the loop panics on every restart: down until disarmed.
+    let down = eventually(Duration::from_secs(10), || async {
+        let (st, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
+        st == 503 && v["down"] == serde_json::json!(["guard"])
+    })
+    .await;
+    assert!(down, "/readyz never said the guard loop was down");
+    assert_eq!(
+        get(&client, &proxy.url("/still")).await.unwrap().status,
+        200
+    );
+    assert_eq!(arm(false).await, 200);
+    let up = eventually(Duration::from_secs(15), || async {
+        readyz(client.clone(), proxy.admin_url("/readyz")).await.0 == 200
+    })
+    .await;
+    assert!(up, "the guard loop never came back");
+    let (_, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
+    assert!(
+        v["control_loops"]["guard"]["restarts"].as_u64() >= Some(1),
+        "{v}"
+    );
+    let m = proxy.metrics().await;
+    assert!(
+        sample(
+            &m,
+            "vivremotion_proxy_control_loop_restarts_total{loop=\"guard\"}"
+        ) >= Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "vivremotion_proxy_control_loop_up{loop=\"guard\"}"),
+        Some(1.0)
+    );
+    assert!(
+        proxy.log().contains("control loop panicked"),
+        "{}",
+        proxy.log()
+    );
+    promtool_check(&m);
+}

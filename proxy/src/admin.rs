@@ -159,6 +159,7 @@ impl Admin {
             "/api/v1/telemetry" if get => self.telemetry(&req),
             "/api/v1/policy" if get => self.get_policy(),
             "/api/v1/policy" if m == Method::PUT || m == Method::POST => self.put_policy(req).await,
+            "/api/v1/debug/faults" if m == Method::POST => self.faults(req).await,
             "/api/v1/demo/upstreams" if get => self.demo_list(),
             p if p.starts_with("/api/v1/demo/upstreams/") && m == Method::POST => {
                 let name = p["/api/v1/demo/upstreams/".len()..].to_string();
@@ -202,8 +203,62 @@ impl Admin {
                 &json!({"status": "draining", "upstream_in_flight": in_flight}),
             )
         } else {
-            json_response(StatusCode::OK, &json!({"status": "ready"}))
+            let loops = &self.shared.loops;
+            let detail: serde_json::Map<String, serde_json::Value> = crate::supervise::Loop::ALL
+                .into_iter()
+                .map(|l| {
+                    let v = json!({"up": !loops.is_down(l), "restarts": loops.restarts(l)});
+                    (l.name().to_string(), v)
+                })
+                .collect();
+            let down = loops.down();
+            if down.is_empty() {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "control_loops": detail}),
+                )
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "control_loop_down", "down": down, "control_loops": detail}),
+                )
+            }
         }
+    }
+
+    /// `POST /api/v1/debug/faults {"loop": "guard", "panic": true}`: arm or disarm an injected
+    /// panic in a control loop. Only with `VIVREMOTION_TEST_FAULTS=1` (tests).
+    async fn faults(&self, req: Request<Incoming>) -> Resp {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fault {
+            #[serde(rename = "loop")]
+            which: String,
+            panic: bool,
+        }
+        if !self.shared.loops.faults {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "fault injection is off (set VIVREMOTION_TEST_FAULTS=1)",
+            );
+        }
+        let f: Fault = match read_json(req).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let Some(l) = crate::supervise::Loop::parse(&f.which) else {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_loop",
+                &format!(
+                    "no control loop {:?}; one of telemetry, guard, lease",
+                    f.which
+                ),
+            );
+        };
+        self.shared.loops.arm(l, f.panic);
+        json_response(StatusCode::OK, &json!({"loop": l.name(), "panic": f.panic}))
     }
 
     fn config(&self) -> Resp {
@@ -432,6 +487,30 @@ impl Admin {
         }
         render_scopes(&mut out, &self.shared.registries.stats.all());
         crate::limits::render_metrics(&mut out, &self.shared.registries.limits);
+        let loops = &self.shared.loops;
+        let _ = writeln!(out, "# HELP vivremotion_proxy_control_loop_up 1 while a control loop runs, 0 while it is down after a panic.");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_control_loop_up gauge");
+        for l in crate::supervise::Loop::ALL {
+            let up = u8::from(!loops.is_down(l));
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_control_loop_up{{loop=\"{}\"}} {up}",
+                l.name()
+            );
+        }
+        let _ = writeln!(out, "# HELP vivremotion_proxy_control_loop_restarts_total Control loops restarted after a panic.");
+        let _ = writeln!(
+            out,
+            "# TYPE vivremotion_proxy_control_loop_restarts_total counter"
+        );
+        for l in crate::supervise::Loop::ALL {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_control_loop_restarts_total{{loop=\"{}\"}} {}",
+                l.name(),
+                loops.restarts(l)
+            );
+        }
         let snap = self.shared.snapshot.load();
         let now = self.shared.clock.now();
         let eps = self.shared.registries.endpoints();

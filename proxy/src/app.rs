@@ -11,6 +11,7 @@ use crate::limits::store::{LeaseStore, MemoryStore};
 use crate::server::{self, BoundListener, ServerError};
 use crate::snapshot::BuildError;
 use crate::state::Shared;
+use crate::supervise::{supervise, Loop};
 use crate::telemetry::Collector;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -164,16 +165,42 @@ impl App {
         // serving the requests still in flight.
         let (control_stop_tx, control_stop) = watch::channel(false);
         let admin_task = tokio::spawn(serve_admin(admin_listener, admin, control_stop.clone()));
-        let tick_task = tokio::spawn(tick_loop(self.shared.clone(), control_stop.clone()));
-        let guard_task = tokio::spawn(crate::health::guard_loop(
-            self.shared.clone(),
-            control_stop.clone(),
-        ));
-        let lease_task = tokio::spawn(crate::limits::lease_loop(
-            self.shared.clone(),
-            self.limit_store.clone(),
-            control_stop.clone(),
-        ));
+        let tick_task = {
+            let shared = self.shared.clone();
+            let stop = control_stop.clone();
+            let instance = shared.config().proxy.instance_id.clone();
+            // The collector outlives a restart of its loop: its cursors make the deltas.
+            let collector = Arc::new(std::sync::Mutex::new(Collector::new(
+                &instance,
+                shared.clock.unix_ms(),
+            )));
+            tokio::spawn(async move {
+                supervise(&shared.loops, Loop::Telemetry, stop.clone(), || {
+                    tick_loop(shared.clone(), collector.clone(), stop.clone())
+                })
+                .await
+            })
+        };
+        let guard_task = {
+            let shared = self.shared.clone();
+            let stop = control_stop.clone();
+            tokio::spawn(async move {
+                supervise(&shared.loops, Loop::Guard, stop.clone(), || {
+                    crate::health::guard_loop(shared.clone(), stop.clone())
+                })
+                .await
+            })
+        };
+        let lease_task = {
+            let (shared, store) = (self.shared.clone(), self.limit_store.clone());
+            let stop = control_stop.clone();
+            tokio::spawn(async move {
+                supervise(&shared.loops, Loop::Lease, stop.clone(), || {
+                    crate::limits::lease_loop(shared.clone(), store.clone(), stop.clone())
+                })
+                .await
+            })
+        };
         let reload_task = tokio::spawn(reload_loop(
             self.shared.clone(),
             self.config_path.clone(),
@@ -231,14 +258,18 @@ async fn serve_admin(
     }
 }
 
-async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn tick_loop(
+    shared: Arc<Shared>,
+    collector: Arc<std::sync::Mutex<Collector>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let tick = shared.config().telemetry.tick;
-    let instance = shared.config().proxy.instance_id.clone();
-    let mut collector = Collector::new(&instance, shared.clock.unix_ms());
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
-    let tick = |collector: &mut Collector| {
+    let tick = |collector: &std::sync::Mutex<Collector>| {
+        shared.loops.checkpoint(Loop::Telemetry);
+        let mut collector = collector.lock().unwrap_or_else(|p| p.into_inner());
         let mut windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
         let now = shared.clock.now();
         mark_endpoint_state(&shared, &mut windows, now);
@@ -252,10 +283,10 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => {
                 // The requests that finished during the drain go into one last window.
-                tick(&mut collector);
+                tick(&collector);
                 break;
             }
-            _ = interval.tick() => tick(&mut collector),
+            _ = interval.tick() => tick(&collector),
         }
     }
 }

@@ -38,12 +38,13 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod state;
+pub mod supervise;
 pub mod telemetry;
 pub mod tls;
 pub mod wait;
 
 // The decision core, under the names the proxy has always used for it.
-pub use vivremotion_decide::{balance, endpoint, flow, guard};
+pub use vivremotion_decide::{balance, control, endpoint, flow, guard};
 
 pub use app::{App, AppError, AppOptions};
 pub use config::Config;

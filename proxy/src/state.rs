@@ -43,6 +43,8 @@ pub struct Shared {
     pub seed: u64,
     /// The access log, if the config asks for one (read at start).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// The control loops' supervision state.
+    pub loops: crate::supervise::Loops,
     generation: AtomicU64,
     /// Serializes snapshot builds (config reloads and policy swaps).
     build_lock: Mutex<()>,
@@ -66,6 +68,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             seed,
             access_log,
+            loops: Default::default(),
             generation: AtomicU64::new(1),
             build_lock: Mutex::new(()),
         }))

@@ -42,6 +42,11 @@ pub struct Proxy {
 impl Proxy {
     /// Start the proxy with `config` (TOML). Listeners and admin should use port 0.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_with_env(config, &[])
+    }
+
+    /// [`Proxy::start`] with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("vivremotion.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -50,6 +55,7 @@ impl Proxy {
         cmd.args(["proxy", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(log);
         let log_path = dir.path().join("proxy.log");
         let (child, line, _) = start_until_ready(cmd, || {

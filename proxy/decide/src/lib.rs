@@ -12,11 +12,14 @@
 //!   limit with priority thresholds and queue.
 //! - [`flow`]: [`flow::RequestFlow`], a request's life from admission to its answer, and
 //!   [`flow::RouteCore`], the decision half of a route it runs on.
+//! - [`control`]: the periodic control step (`Control::tick`): adaptive concurrency windows,
+//!   success-rate sweeps, the health-check schedule.
 //! - [`endpoint`]: per-endpoint live state (in-flight, peak-EWMA, health, ejection, breaker).
 //! - [`telemetry`]: per-worker recording shards and the per-tick window collector.
 //! - [`ser`]: serde helpers shared with the proxy's config.
 
 pub mod balance;
+pub mod control;
 pub mod endpoint;
 pub mod flow;
 pub mod guard;

@@ -377,9 +377,16 @@ impl Errors {
         v: &Option<String>,
         default: Duration,
     ) -> Duration {
+        // Longer than this is a typo or a unit slip, and arithmetic on instants must not
+        // overflow.
+        const MAX: Duration = Duration::from_secs(24 * 3600);
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > MAX => {
+                    self.push(path, format!("{s:?} is longer than the limit of 1 day"));
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.push(

@@ -308,3 +308,17 @@ concurrency = { limit = "lots", shed_at = { critical = 0.5, default = 0.9 }, max
         );
     }
 }
+
+#[test]
+fn durations_have_an_upper_bound() {
+    let text =
+        format!("{MINIMAL}\n[clusters.backend.health_check]\ninterval = \"1000000000years\"\n");
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("clusters.backend.health_check.interval") && e.contains("1 day")),
+        "{errs:?}"
+    );
+    let text = format!("{MINIMAL}\n[clusters.backend.health_check]\ninterval = \"24h\"\n");
+    assert!(Config::parse(&text).is_ok());
+}

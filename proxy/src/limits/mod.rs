@@ -432,6 +432,7 @@ pub async fn lease_loop(
             _ = stop.changed() => break,
             _ = tokio::time::sleep(interval) => {}
         }
+        shared.loops.checkpoint(crate::supervise::Loop::Lease);
         let books: Vec<Arc<LeaseBook>> = shared
             .registries
             .limits
