@@ -81,6 +81,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// Print every decision of a fixed scenario (three endpoints, retries, a queue) run through
+    /// the decision core on virtual time: the same seed prints the same bytes, anywhere.
+    Trace {
+        /// Seed of the decisions and of the scenario's traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Requests in the scenario.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
     /// Run one standalone demo upstream: it answers every request with what it received.
     DemoUpstream {
         /// Address to listen on (port 0: any free port, printed on start).
@@ -124,6 +134,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::CheckConfig { config } => return check_config(&config.path()),
         Command::Proxy { config } => run_proxy(config.path()),
+        Command::Trace { seed, requests } => run_trace(seed, requests),
         Command::Up {
             listen,
             admin,
@@ -231,10 +242,22 @@ fn ready_line(app: &App) -> String {
         .map(|(n, a)| format!("{n}@{a}"))
         .collect();
     format!(
-        "ready listeners={} admin={}",
+        "ready listeners={} admin={} seed={}",
         listeners.join(","),
-        app.admin_addr()
+        app.admin_addr(),
+        app.seed()
     )
+}
+
+fn run_trace(seed: u64, requests: usize) -> Result<()> {
+    use std::io::Write;
+    let mut text = String::new();
+    vivremotion_proxy::trace::run(seed, requests, &mut text).context("formatting the trace")?;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the trace")?;
+    Ok(())
 }
 
 fn run_proxy(path: PathBuf) -> Result<()> {

@@ -84,7 +84,12 @@ impl App {
         let seed = cfg
             .proxy
             .seed
-            .unwrap_or_else(|| SmallRng::from_os_rng().random());
+            // The binary's edge: the one place a seed is drawn from the OS.
+            .unwrap_or_else(|| {
+                #[allow(clippy::disallowed_methods)]
+                let mut os = SmallRng::from_os_rng();
+                os.random()
+            });
         let workers = cfg.proxy.workers;
         let listeners = cfg
             .listeners
@@ -139,6 +144,12 @@ impl App {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The seed of every decision's RNG: `proxy.seed`, or drawn at start (printed in the ready
+    /// line so that a run can be reproduced).
+    pub fn seed(&self) -> u64 {
+        self.shared.seed
     }
 
     /// Serve until `shutdown` resolves, then drain in-flight requests (up to the configured

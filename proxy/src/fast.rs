@@ -327,9 +327,8 @@ where
             let p = &snap.config.proxy;
             (p.max_header_bytes, p.header_read_timeout)
         };
-        let deadline = tokio::time::Instant::now() + head_timeout;
         // Polled after the read, so a head that is already buffered never touches the timer wheel.
-        let expiry = tokio::time::sleep_until(deadline);
+        let expiry = tokio::time::sleep(head_timeout);
         tokio::pin!(expiry);
         let (head_len, next) = 'head: loop {
             if rbuf.is_empty() && *shutdown.borrow() {

@@ -44,7 +44,7 @@ pub mod tls;
 pub mod wait;
 
 // The decision core, under the names the proxy has always used for it.
-pub use vivremotion_decide::{balance, control, endpoint, flow, guard};
+pub use vivremotion_decide::{balance, control, endpoint, flow, guard, trace};
 
 pub use app::{App, AppError, AppOptions};
 pub use config::Config;

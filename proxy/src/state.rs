@@ -57,7 +57,8 @@ impl Shared {
         seed: u64,
         access_log: Option<Arc<crate::access_log::AccessLog>>,
     ) -> Result<Arc<Shared>, BuildError> {
-        let registries = Registries::default();
+        let mut registries = Registries::default();
+        registries.limits.seed = seed;
         let keep = config.telemetry.keep_windows;
         let built = snapshot::build(Arc::new(config), None, true, &registries, 1, &clock)?;
         Ok(Arc::new(Shared {

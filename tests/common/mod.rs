@@ -37,6 +37,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// The `ready ...` line it printed.
+    pub ready_line: String,
 }
 
 impl Proxy {
@@ -70,6 +72,7 @@ impl Proxy {
             admin,
             dir,
             config_path,
+            ready_line: line,
         }
     }
 

@@ -16,6 +16,7 @@
 //!   success-rate sweeps, the health-check schedule.
 //! - [`endpoint`]: per-endpoint live state (in-flight, peak-EWMA, health, ejection, breaker).
 //! - [`telemetry`]: per-worker recording shards and the per-tick window collector.
+//! - [`trace`]: a fixed scenario on virtual time that prints every decision (reproducibility).
 //! - [`ser`]: serde helpers shared with the proxy's config.
 
 pub mod balance;
@@ -26,3 +27,4 @@ pub mod guard;
 pub mod limits;
 pub mod ser;
 pub mod telemetry;
+pub mod trace;

@@ -83,6 +83,8 @@ pub struct LimitRegistry {
     concurrency: Mutex<HashMap<String, Arc<ConcurrencyLimiter>>>,
     /// Limiters used by the snapshot being built; the rest go at [`Self::retain`].
     seen: Mutex<HashSet<(String, String)>>,
+    /// Keys the hashers of local limits' shards (the process seed).
+    pub seed: u64,
 }
 
 impl LimitRegistry {
@@ -137,7 +139,7 @@ impl LimitRegistry {
                 let mut m = self.local.lock().unwrap_or_else(|e| e.into_inner());
                 RateState::Local(
                     m.entry(id)
-                        .or_insert_with(|| Arc::new(KeyedGcra::new(LOCAL_MAX_KEYS)))
+                        .or_insert_with(|| Arc::new(KeyedGcra::new(LOCAL_MAX_KEYS, self.seed)))
                         .clone(),
                 )
             };

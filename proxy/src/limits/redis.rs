@@ -393,6 +393,7 @@ impl LeaseStore for RedisStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // these tests time a real Redis restart
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

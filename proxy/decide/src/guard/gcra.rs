@@ -7,6 +7,7 @@
 //! below), and a key that has been idle for `B·T` is indistinguishable from a new one, which is
 //! what lets [`KeyedGcra`] forget idle keys without changing any decision.
 
+use crate::balance::hash::SeededState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
@@ -110,16 +111,17 @@ const SHARDS: usize = 16;
 /// the busiest shard forgets its oldest entries (those keys start again with a full burst;
 /// counted in `evicted`).
 #[derive(Debug)]
-pub struct KeyedGcra<S = std::hash::RandomState> {
+pub struct KeyedGcra<S = SeededState> {
     shards: Box<[Mutex<HashMap<u64, u64>>]>,
     hasher: S,
     max_per_shard: usize,
     evicted: std::sync::atomic::AtomicU64,
 }
 
-impl KeyedGcra<std::hash::RandomState> {
-    pub fn new(max_keys: usize) -> Self {
-        Self::with_hasher(max_keys, std::hash::RandomState::new())
+impl KeyedGcra<SeededState> {
+    /// Keys are sharded by a hasher keyed with `seed` (the process seed): reproducible.
+    pub fn new(max_keys: usize, seed: u64) -> Self {
+        Self::with_hasher(max_keys, SeededState(seed))
     }
 }
 
@@ -229,7 +231,7 @@ mod tests {
 
     #[test]
     fn keyed_limits_are_per_key_and_memory_is_bounded() {
-        let k = KeyedGcra::new(64);
+        let k = KeyedGcra::new(64, 7);
         let g = Gcra::new(1.0, 1);
         let now = Nanos(10 * S);
         assert!(k.check(&g, "a", now, 1).allowed);
