@@ -341,7 +341,8 @@ async fn admin_api_reports_config_upstreams_telemetry_and_metrics() {
     promtool_check(&fresh);
     let b_addr = proxy_backend_addr(&fresh);
     for series in [
-        format!("vivremotion_proxy_requests_total{{route=\"all\",cluster=\"backend\",upstream=\"{b_addr}\",code_class=\"2xx\"}}"),
+        format!("vivremotion_proxy_upstream_tries_total{{route=\"all\",cluster=\"backend\",upstream=\"{b_addr}\",code_class=\"2xx\"}}"),
+        "vivremotion_proxy_requests_total{route=\"all\",cluster=\"backend\",upstream=\"\",code_class=\"2xx\"}".to_string(),
         format!("vivremotion_proxy_upstream_errors_total{{route=\"all\",cluster=\"backend\",upstream=\"{b_addr}\",kind=\"connect\"}}"),
         "vivremotion_proxy_admission_total{route=\"all\",cluster=\"backend\",upstream=\"\",priority=\"default\",outcome=\"admitted\"}".to_string(),
         "vivremotion_proxy_retries_total{route=\"all\",cluster=\"backend\",upstream=\"\"}".to_string(),

@@ -196,6 +196,7 @@ impl Admin {
                 .stats
                 .all()
                 .iter()
+                .filter(|s| s.scope.upstream.is_some())
                 .map(|s| s.totals().in_flight.max(0))
                 .sum();
             json_response(

@@ -72,6 +72,9 @@ pub struct Guard {
     /// The request's access log line, written when it is recorded (only the guard of the
     /// answer the client gets carries one; `None` without an access log).
     pub access: Option<Box<RequestInfo>>,
+    /// On the guard of the try whose answer the client gets: the request's own record in
+    /// its route's scope (status the client got, end-to-end latency), finished with this one.
+    pub request: Option<Box<Guard>>,
 }
 
 impl Guard {
@@ -100,6 +103,7 @@ impl Guard {
             reusable: false,
             permit: None,
             access: None,
+            request: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl Guard {
             reusable: false,
             permit: None,
             access: None,
+            request: None,
         }
     }
 
@@ -129,10 +134,30 @@ impl Guard {
         }
         self.access = access;
     }
+
+    /// Make this try's answer the client's: `request` (the route-scope record) is finished
+    /// with this guard, with the status and bytes the client got and `latency_us` (end to
+    /// end, where this guard's is the try's own).
+    pub fn answers(&mut self, mut request: Guard, latency_us: f64) {
+        request.outcome.latency_us = latency_us;
+        self.request = Some(Box::new(request));
+    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Some(mut r) = self.request.take() {
+            let o = &self.outcome;
+            r.outcome.status = o.status;
+            r.outcome.upstream_status = o.upstream_status;
+            r.outcome.failure = o.failure;
+            r.outcome.bytes_in = o.bytes_in;
+            r.outcome.bytes_out = o.bytes_out;
+            // The slot is released after both records.
+            if r.permit.is_none() {
+                r.permit = self.permit.take();
+            }
+        }
         self.snap
             .stats(self.scope)
             .finish(self.worker, &self.outcome, self.started);

@@ -210,12 +210,14 @@ struct Plan {
     /// The head to send upstream.
     head: Vec<u8>,
     access: Option<Box<RequestInfo>>,
+    /// The request's record in its route's scope (taken by `forward`).
+    request: Option<Guard>,
 }
 
 /// A request answered without going upstream (rate limited, shed, no endpoint).
 struct LocalAnswer {
-    snap: Arc<Snapshot>,
-    route: usize,
+    /// The request's record in its route's scope.
+    request: Guard,
     err: ProxyError,
     rid: HeaderValue,
     body_len: u64,
@@ -244,12 +246,7 @@ where
     let drained = drain_body(w, io, rbuf, r.body_len).await;
     let keep = drained && !r.client_close && !*shutdown.borrow();
     let latency_us = w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
-    let mut guard = Guard::local(
-        r.snap,
-        ScopeRef::Route(r.route as u32),
-        w.id,
-        Outcome::new(0, 0.0),
-    );
+    let mut guard = r.request;
     guard.access = r.access;
     write_error(
         io, wbuf, &r.err, &r.rid, guard, latency_us, keep, r.head_req,
@@ -533,12 +530,11 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
     let head_req = method == "HEAD";
     let mut access = AccessLog::begin(&shared.access_log, &snap, &rid, method, target, t0);
     RequestInfo::route(&mut access, ri);
-    let refuse = |err: ProxyError, rid: HeaderValue, access| {
+    let refuse = |request: Guard, err: ProxyError, rid: HeaderValue, access| {
         Parsed::Refuse(
             n,
             Box::new(LocalAnswer {
-                snap: snap.clone(),
-                route: ri,
+                request,
                 err,
                 rid,
                 body_len,
@@ -549,7 +545,9 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
             }),
         )
     };
-    // From here on the request is the fast path's: admission has counted it.
+    // From here on the request is the fast path's: admission has counted it, and it is
+    // recorded as its client sees it in the route's scope (each try in its endpoint's).
+    let request = Guard::start(snap.clone(), ScopeRef::Route(ri as u32), w.id);
     let prio = limits::priority(&route.cfg, &snap.config, client_ip, || {
         raw.first("x-priority")
     });
@@ -575,7 +573,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
             let err = route.refused(&r);
             let shed = matches!(r, Refused::Admission(_)).then_some(&err);
             RequestInfo::admission(&mut access, prio, shed);
-            return refuse(err, rid, access);
+            return refuse(request, err, rid, access);
         }
     };
     let plan = Plan {
@@ -591,6 +589,7 @@ fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Parsed {
         t0,
         head: Vec::new(),
         access,
+        request: Some(request),
     };
     let mut plan = Box::new(plan);
     let mut out = Vec::with_capacity(n + 256);
@@ -708,9 +707,11 @@ where
                     let err = route.refused(&r);
                     let shed = matches!(r, Refused::Admission(_)).then_some(&err);
                     RequestInfo::admission(&mut plan.access, prio, shed);
+                    let Some(request) = plan.request.take() else {
+                        return Ok(false);
+                    };
                     let r = LocalAnswer {
-                        snap: plan.snap.clone(),
-                        route: plan.route,
+                        request,
                         err,
                         rid: plan.rid.clone(),
                         body_len: plan.body_len,
@@ -725,6 +726,7 @@ where
         }
     };
     let access = plan.access.take();
+    let mut request = plan.request.take();
     let plan = &*plan;
     let route = &plan.snap.routes[plan.route];
     // The body bytes already read go along with the head (and again with a retried head:
@@ -734,7 +736,7 @@ where
     rbuf.advance(first);
     let mut remaining = plan.body_len - first as u64;
     let mut next = first_try;
-    let (mut guard, mut up, raw, body_read, latency_us, ei) = loop {
+    let (mut guard, mut up, raw, body_read, try_us, latency_us, ei) = loop {
         let ei = next.endpoint;
         let endpoint = &route.endpoints[ei];
         let scope = ScopeRef::Endpoint {
@@ -753,8 +755,13 @@ where
         let exchange = exchange(w, plan, ei, &out, &mut remaining, io, rbuf);
         let result = tokio::time::timeout(limit, exchange).instrument(span).await;
         let now = shared.clock.now();
+        // Each try is measured from its own start; the request from its arrival.
         let latency_us = now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
-        guard.outcome.latency_us = latency_us;
+        let try_us = now
+            .saturating_since(flow.try_started().unwrap_or(plan.t0))
+            .as_nanos() as f64
+            / 1e3;
+        guard.outcome.latency_us = try_us;
         guard.outcome.bytes_in = plan.body_len;
         let replayable = plan.body_len == 0;
         let rng = rng.get_or_insert_with(|| w.rng());
@@ -771,7 +778,7 @@ where
                         continue;
                     }
                     Next::Deliver | Next::Fail(_) => {
-                        break (guard, up, raw, body_read, latency_us, ei)
+                        break (guard, up, raw, body_read, try_us, latency_us, ei)
                     }
                 }
             }
@@ -820,13 +827,16 @@ where
         }
         let keep = body_read && !plan.client_close;
         guard.carry(access, flow.tries());
+        if let Some(r) = request.take() {
+            guard.answers(r, latency_us);
+        }
         write_error(
             io,
             wbuf,
             &err,
             &plan.rid,
             guard,
-            latency_us,
+            try_us,
             keep,
             plan.head_req,
         )
@@ -836,6 +846,9 @@ where
     let endpoint = &route.endpoints[ei];
     guard.permit = flow.take_permit();
     guard.carry(access, flow.tries());
+    if let Some(r) = request.take() {
+        guard.answers(r, latency_us);
+    }
 
     let status = raw.status;
     guard.outcome.status = status;
@@ -858,7 +871,7 @@ where
                     &err,
                     &plan.rid,
                     guard,
-                    latency_us,
+                    try_us,
                     !plan.client_close,
                     plan.head_req,
                 )

@@ -82,6 +82,10 @@ pub(crate) fn idempotent(m: &str) -> bool {
     matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
+fn us(d: std::time::Duration) -> f64 {
+    d.as_nanos() as f64 / 1e3
+}
+
 fn elapsed_us(shared: &Shared, t0: Nanos) -> f64 {
     shared.clock.now().saturating_since(t0).as_nanos() as f64 / 1e3
 }
@@ -138,6 +142,18 @@ impl Local<'_> {
         );
         guard.access = access;
         error_response(&err, self.rid, guard, latency, self.head)
+    }
+
+    /// Answer a routed request locally, through its route-scope record `request`.
+    fn answer(
+        &self,
+        mut request: Guard,
+        err: ProxyError,
+        access: Option<Box<RequestInfo>>,
+    ) -> Response<ResponseBody> {
+        let latency = elapsed_us(&self.w.shared, self.t0);
+        request.access = access;
+        error_response(&err, self.rid, request, latency, self.head)
     }
 }
 
@@ -209,13 +225,16 @@ pub async fn handle(
     let route = &snap.routes[ri];
     let route_scope = ScopeRef::Route(ri as u32);
     RequestInfo::route(&mut access, ri);
+    // The request as its client sees it, in the route's scope; each try is recorded in its
+    // endpoint's.
+    let request = Guard::start(snap.clone(), route_scope, w.id);
 
     if let Some(len) = content_length(req.headers()) {
         if len > route.cfg.max_body_bytes {
             let err = ProxyError::BodyTooLarge {
                 limit: route.cfg.max_body_bytes,
             };
-            return local.error(route_scope, err, access);
+            return local.answer(request, err, access);
         }
     }
 
@@ -251,7 +270,7 @@ pub async fn handle(
             let err = route.refused(&r);
             let shed = matches!(r, Refused::Admission(_)).then_some(&err);
             RequestInfo::admission(&mut access, prio, shed);
-            return local.error(route_scope, err, access);
+            return local.answer(request, err, access);
         }
     };
     RequestInfo::admission(&mut access, prio, None);
@@ -268,7 +287,7 @@ pub async fn handle(
                 Ok(p) => p,
                 Err(e) => {
                     let err = ProxyError::BadRequest(format!("rewritten path is invalid: {e}"));
-                    return local.error(route_scope, err, access);
+                    return local.answer(request, err, access);
                 }
             }
         }
@@ -298,7 +317,7 @@ pub async fn handle(
         Ok(u) => u,
         Err(e) => {
             let err = ProxyError::BadRequest(format!("cannot build upstream URI: {e}"));
-            return local.error(route_scope, err, access);
+            return local.answer(request, err, access);
         }
     };
     parts.version = if route.clients.transport.protocol == UpstreamProtocol::Http2 {
@@ -329,11 +348,11 @@ pub async fn handle(
         RequestBody::empty()
     } else {
         let mut b = RequestBody::new(body, route.cfg.max_body_bytes);
-        b.account_to(route.stats[next.endpoint].clone(), w.id);
+        b.account_to(route.route_stats.clone(), w.id);
         b.count_into(RequestInfo::count_body(&mut access));
         b
     });
-    let (mut guard, mut resp, latency_us) = loop {
+    let (mut guard, mut resp, try_us, latency_us) = loop {
         let ei = next.endpoint;
         let scope = ScopeRef::Endpoint {
             route: ri as u32,
@@ -363,7 +382,9 @@ pub async fn handle(
         );
         let result = tokio::time::timeout(limit, send).instrument(span).await;
         let now = shared.clock.now();
-        let latency_us = now.saturating_since(t0).as_nanos() as f64 / 1e3;
+        // Each try is measured from its own start; the request from its arrival.
+        let try_us = us(now.saturating_since(flow.try_started().unwrap_or(t0)));
+        let latency_us = us(now.saturating_since(t0));
         let (failure, err) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -371,12 +392,12 @@ pub async fn handle(
                     Next::Backoff { until } => {
                         guard.outcome.status = status;
                         guard.outcome.upstream_status = Some(status);
-                        guard.outcome.latency_us = latency_us;
+                        guard.outcome.latency_us = try_us;
                         drop((guard, resp));
                         next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
                         continue;
                     }
-                    Next::Deliver | Next::Fail(_) => break (guard, resp, latency_us),
+                    Next::Deliver | Next::Fail(_) => break (guard, resp, try_us, latency_us),
                 }
             }
             Ok(Err(e)) => match e {
@@ -389,7 +410,8 @@ pub async fn handle(
                             ClientFault::Broken(detail) => ProxyError::BadRequest(detail),
                         };
                         guard.carry(access, flow.tries());
-                        return error_response(&err, &rid, guard, latency_us, head_req);
+                        guard.answers(request, latency_us);
+                        return error_response(&err, &rid, guard, try_us, head_req);
                     }
                     (
                         TryFailure::Reset,
@@ -418,19 +440,21 @@ pub async fn handle(
         if let Next::Backoff { until } = flow.failed(route, failure, replayable, now, &mut rng) {
             guard.outcome.status = err.status().as_u16();
             guard.outcome.failure = err.upstream_failure();
-            guard.outcome.latency_us = latency_us;
+            guard.outcome.latency_us = try_us;
             drop(guard);
             next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
             continue;
         }
         guard.carry(access, flow.tries());
-        return error_response(&err, &rid, guard, latency_us, head_req);
+        guard.answers(request, latency_us);
+        return error_response(&err, &rid, guard, try_us, head_req);
     };
 
     let status = resp.status().as_u16();
     guard.outcome.status = status;
     guard.outcome.upstream_status = Some(status);
-    guard.outcome.latency_us = latency_us;
+    guard.outcome.latency_us = try_us;
+    guard.answers(request, latency_us);
 
     let switching = status == 101;
     if switching {

@@ -137,21 +137,38 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         }
     }
 
-    let _ = writeln!(out, "# HELP vivremotion_proxy_requests_total Requests answered, by route, upstream and status class (upstream=\"\": answered by the proxy before an endpoint was picked).");
-    let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_total counter");
-    for (l, _, t) in &totals {
-        for (class, c) in CODE_CLASSES {
-            let _ = writeln!(
-                out,
-                "vivremotion_proxy_requests_total{{{l},code_class=\"{class}\"}} {}",
-                t.get(c)
-            );
+    // Client requests (route and unmatched scopes) and upstream tries (endpoint scopes) are
+    // separate families, so that summing either counts each thing once.
+    let requests: Vec<_> = totals.iter().filter(|t| t.1 != Kind::Endpoint).collect();
+    let tries: Vec<_> = totals.iter().filter(|t| t.1 == Kind::Endpoint).collect();
+    for (name, help, set) in [
+        (
+            "requests_total",
+            "Client requests answered, by route and the status class the client got (route=\"(unmatched)\": no route took them).",
+            &requests,
+        ),
+        (
+            "upstream_tries_total",
+            "Tries sent to an upstream endpoint, by the status class of each try's own outcome (a retried 503 counts here, not in requests_total).",
+            &tries,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
+        let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} counter");
+        for (l, _, t) in set.iter() {
+            for (class, c) in CODE_CLASSES {
+                let _ = writeln!(
+                    out,
+                    "vivremotion_proxy_{name}{{{l},code_class=\"{class}\"}} {}",
+                    t.get(c)
+                );
+            }
         }
     }
 
     let _ = writeln!(
         out,
-        "# HELP vivremotion_proxy_upstream_errors_total Upstream failures by kind."
+        "# HELP vivremotion_proxy_upstream_errors_total Failed tries to an upstream endpoint, by kind."
     );
     let _ = writeln!(
         out,
@@ -160,7 +177,7 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
     for (l, k, t) in &totals {
         for (kind, c) in ERROR_KINDS {
             let v = t.get(c);
-            if *k == Kind::Endpoint || v > 0 {
+            if *k == Kind::Endpoint {
                 let _ = writeln!(
                     out,
                     "vivremotion_proxy_upstream_errors_total{{{l},kind=\"{kind}\"}} {v}"
@@ -169,48 +186,25 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         }
     }
 
-    let _ = writeln!(out, "# HELP vivremotion_proxy_request_duration_seconds Time from request received to response headers.");
-    let _ = writeln!(
+    histogram(
         out,
-        "# TYPE vivremotion_proxy_request_duration_seconds histogram"
+        "request_duration_seconds",
+        "Time from a client request's arrival to its response headers (queueing, tries and backoffs included).",
+        &requests,
     );
-    for (l, _, t) in &totals {
-        let mut cum = 0u64;
-        let mut bi = 0usize;
-        for &le in LATENCY_BUCKETS_S {
-            let le_us = le * 1e6;
-            // Sketch buckets are 2 % wide; a bucket counts toward `le` if it ends at or below it.
-            while bi < t.hist.len() && bucket_upper_bound(bi) <= le_us {
-                cum += t.hist[bi];
-                bi += 1;
-            }
-            let _ = writeln!(
-                out,
-                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {cum}"
-            );
-        }
-        let count: u64 = t.hist.iter().sum();
-        let _ = writeln!(
-            out,
-            "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "vivremotion_proxy_request_duration_seconds_sum{{{l}}} {}",
-            t.get(Ctr::LatencySumUs) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "vivremotion_proxy_request_duration_seconds_count{{{l}}} {count}"
-        );
-    }
+    histogram(
+        out,
+        "upstream_try_duration_seconds",
+        "Time from a try's start to the upstream's response headers (or its failure).",
+        &tries,
+    );
 
     let _ = writeln!(
         out,
-        "# HELP vivremotion_proxy_requests_in_flight Requests being processed."
+        "# HELP vivremotion_proxy_requests_in_flight Client requests being processed, by route."
     );
     let _ = writeln!(out, "# TYPE vivremotion_proxy_requests_in_flight gauge");
-    for (l, _, t) in &totals {
+    for (l, _, t) in &requests {
         let _ = writeln!(
             out,
             "vivremotion_proxy_requests_in_flight{{{l}}} {}",
@@ -232,9 +226,43 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
-        for (l, _, t) in &totals {
+        for (l, _, t) in &requests {
             let _ = writeln!(out, "{name}{{{l}}} {}", t.get(c));
         }
+    }
+}
+
+type Rendered = (String, Kind, super::recorder::Totals);
+
+fn histogram(out: &mut String, name: &str, help: &str, set: &[&Rendered]) {
+    let _ = writeln!(out, "# HELP vivremotion_proxy_{name} {help}");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_{name} histogram");
+    for (l, _, t) in set.iter() {
+        let mut cum = 0u64;
+        let mut bi = 0usize;
+        for &le in LATENCY_BUCKETS_S {
+            let le_us = le * 1e6;
+            // Sketch buckets are 2 % wide; a bucket counts toward `le` if it ends at or below it.
+            while bi < t.hist.len() && bucket_upper_bound(bi) <= le_us {
+                cum += t.hist[bi];
+                bi += 1;
+            }
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_{name}_bucket{{{l},le=\"{le}\"}} {cum}"
+            );
+        }
+        let count: u64 = t.hist.iter().sum();
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_{name}_bucket{{{l},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "vivremotion_proxy_{name}_sum{{{l}}} {}",
+            t.get(Ctr::LatencySumUs) as f64 / 1e6
+        );
+        let _ = writeln!(out, "vivremotion_proxy_{name}_count{{{l}}} {count}");
     }
 }
 
@@ -273,43 +301,44 @@ mod tests {
         let l = "route=\"a\\\"b\",cluster=\"c\",upstream=\"h:1\"";
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_requests_total{{{l},code_class=\"2xx\"}} 3"
+                "vivremotion_proxy_upstream_tries_total{{{l},code_class=\"2xx\"}} 3"
             )),
             "{out}"
         );
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1"
+                "vivremotion_proxy_upstream_try_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1"
             )),
             "{out}"
         );
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"0.005\"}} 2"
+                "vivremotion_proxy_upstream_try_duration_seconds_bucket{{{l},le=\"0.005\"}} 2"
             )),
             "{out}"
         );
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"2.5\"}} 2"
+                "vivremotion_proxy_upstream_try_duration_seconds_bucket{{{l},le=\"2.5\"}} 2"
             )),
             "{out}"
         );
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_request_duration_seconds_bucket{{{l},le=\"5\"}} 3"
+                "vivremotion_proxy_upstream_try_duration_seconds_bucket{{{l},le=\"5\"}} 3"
             )),
             "{out}"
         );
         assert!(
             out.contains(&format!(
-                "vivremotion_proxy_request_duration_seconds_count{{{l}}} 3"
+                "vivremotion_proxy_upstream_try_duration_seconds_count{{{l}}} 3"
             )),
             "{out}"
         );
+        // Bytes are the client's: counted on the route, not on the endpoint's tries.
         assert!(
-            out.contains(&format!(
-                "vivremotion_proxy_response_body_bytes_total{{{l}}} 6"
+            !out.contains(&format!(
+                "vivremotion_proxy_response_body_bytes_total{{{l}}}"
             )),
             "{out}"
         );
