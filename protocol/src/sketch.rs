@@ -58,7 +58,11 @@ pub fn bucket_upper_bound(index: usize) -> f64 {
 }
 
 /// The serialized sketch: sparse, sorted `(bucket, count)` pairs plus exact count, sum, min, max.
+///
+/// Decoding validates it (see [`LatencySketch::validate`]): a sketch from another process is
+/// either well-formed or rejected with the reason, never silently merged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawSketch")]
 pub struct LatencySketch {
     pub count: u64,
     /// Sum of recorded values in µs (for exact means).
@@ -69,9 +73,80 @@ pub struct LatencySketch {
     pub bins: Vec<(u32, u64)>,
 }
 
+/// The wire form, before validation.
+#[derive(Deserialize)]
+struct RawSketch {
+    count: u64,
+    sum_us: f64,
+    min_us: f64,
+    max_us: f64,
+    bins: Vec<(u32, u64)>,
+}
+
+/// Why a decoded sketch was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SketchError {
+    #[error("sketch bins are not strictly increasing at bin {0}")]
+    Unsorted(usize),
+    #[error("sketch bin index {index} is out of range (0..{DENSE_BUCKETS})")]
+    IndexOutOfRange { index: u32 },
+    #[error("sketch bin {0} has a zero count")]
+    ZeroCount(usize),
+    #[error("sketch count {count} is not the sum of its bins ({sum})")]
+    CountMismatch { count: u64, sum: u64 },
+    #[error("sketch sum, min or max is not a finite, ordered, non-negative value")]
+    BadStats,
+}
+
+impl TryFrom<RawSketch> for LatencySketch {
+    type Error = SketchError;
+    fn try_from(r: RawSketch) -> Result<Self, SketchError> {
+        let s = LatencySketch {
+            count: r.count,
+            sum_us: r.sum_us,
+            min_us: r.min_us,
+            max_us: r.max_us,
+            bins: r.bins,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
 impl LatencySketch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Bins sorted and in range with non-zero counts that add up to `count`; sum, min and max
+    /// finite, non-negative and ordered.
+    pub fn validate(&self) -> Result<(), SketchError> {
+        let mut sum = 0u64;
+        for (i, &(index, c)) in self.bins.iter().enumerate() {
+            if index as usize >= DENSE_BUCKETS {
+                return Err(SketchError::IndexOutOfRange { index });
+            }
+            if i > 0 && self.bins[i - 1].0 >= index {
+                return Err(SketchError::Unsorted(i));
+            }
+            if c == 0 {
+                return Err(SketchError::ZeroCount(i));
+            }
+            sum = sum.saturating_add(c);
+        }
+        if sum != self.count {
+            return Err(SketchError::CountMismatch {
+                count: self.count,
+                sum,
+            });
+        }
+        let finite = [self.sum_us, self.min_us, self.max_us]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0);
+        if !finite || self.min_us > self.max_us {
+            return Err(SketchError::BadStats);
+        }
+        Ok(())
     }
 
     /// Build from a dense array of bucket counts, as the proxy's recorder keeps them.
@@ -260,6 +335,43 @@ mod tests {
             prop_assert_eq!(sa.min_us, all.min_us);
             prop_assert_eq!(sa.max_us, all.max_us);
             prop_assert!((sa.sum_us - all.sum_us).abs() <= 1e-6 * all.sum_us.max(1.0));
+        }
+    }
+
+    #[test]
+    fn decoding_validates_the_sketch() {
+        let mut good = LatencySketch::new();
+        good.record(100.0);
+        good.record(2000.0);
+        let json = serde_json::to_string(&good).unwrap();
+        assert_eq!(serde_json::from_str::<LatencySketch>(&json).unwrap(), good);
+        let bad = [
+            (
+                r#"{"count":2,"sum_us":3,"min_us":1,"max_us":2,"bins":[[5,1],[3,1]]}"#,
+                "not strictly increasing",
+            ),
+            (
+                r#"{"count":1,"sum_us":3,"min_us":1,"max_us":2,"bins":[[99999,1]]}"#,
+                "out of range",
+            ),
+            (
+                r#"{"count":3,"sum_us":3,"min_us":1,"max_us":2,"bins":[[5,1],[6,1]]}"#,
+                "not the sum",
+            ),
+            (
+                r#"{"count":1,"sum_us":3,"min_us":1,"max_us":2,"bins":[[5,1],[6,0]]}"#,
+                "zero count",
+            ),
+            (
+                r#"{"count":1,"sum_us":-3,"min_us":1,"max_us":2,"bins":[[5,1]]}"#,
+                "finite",
+            ),
+        ];
+        for (text, why) in bad {
+            let e = serde_json::from_str::<LatencySketch>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{text}: {e}");
         }
     }
 }

@@ -124,6 +124,27 @@ pub struct Resilience {
     pub unhealthy: bool,
 }
 
+/// What was in force during a window: the policy and config, and the limits and load the
+/// scope ran under (sampled through the window, not only read at its end).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InForce {
+    /// Version of the policy in force at the end of the window (0: none).
+    pub policy_version: u64,
+    /// Fingerprint of the config in force at the end of the window.
+    pub config_fingerprint: String,
+    /// Endpoint scopes: the endpoint's weight on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Route scopes with a concurrency limit: the limit, and requests waiting for a slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    pub queued_mean: f64,
+    pub queued_max: u64,
+    /// Requests (route) or tries (endpoint) in flight, sampled through the window.
+    pub in_flight_mean: f64,
+    pub in_flight_max: u64,
+}
+
 /// LLM-specific signals, present only for LLM gateway scopes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LlmTelemetry {
@@ -149,12 +170,17 @@ pub struct Telemetry {
     /// Window length in ms.
     pub window_ms: u64,
     pub scope: Scope,
-    /// Requests that finished in the window.
+    /// Route scope: client requests that finished in the window, with the status the client
+    /// got. Endpoint scope: tries that ended, each with its own outcome.
     pub requests: u64,
     pub status: StatusCounts,
     pub errors: ErrorCounts,
-    /// Time from request received to upstream response headers (or to the local answer).
+    /// Route scope: request received → response headers (or the local answer), queueing,
+    /// tries and backoffs included. Endpoint scope: each try from its own start.
     pub latency: LatencySketch,
+    /// Route scope: time spent waiting for a concurrency slot, by requests that waited.
+    #[serde(default)]
+    pub queue_wait: LatencySketch,
     /// Requests in flight at the end of the window.
     pub in_flight: u64,
     /// Request body bytes received from clients.
@@ -164,8 +190,27 @@ pub struct Telemetry {
     pub admission: Admission,
     #[serde(default)]
     pub resilience: Resilience,
+    #[serde(default)]
+    pub in_force: InForce,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmTelemetry>,
+}
+
+/// Everything one instance saw in one tick: one batch per instance per tick, the unit the
+/// proxy ships to the brain. Windows of idle scopes are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub schema_version: u32,
+    pub instance: String,
+    /// Per-instance batch number, increasing by one per tick.
+    pub seq: u64,
+    /// The tick's interval: aligned to multiples of the tick on the Unix clock, so batches
+    /// of several instances describe the same interval.
+    pub window_start_ms: u64,
+    pub window_ms: u64,
+    pub policy_version: u64,
+    pub config_fingerprint: String,
+    pub windows: Vec<Telemetry>,
 }
 
 impl Telemetry {
@@ -188,11 +233,13 @@ impl Telemetry {
             status: StatusCounts::default(),
             errors: ErrorCounts::default(),
             latency: LatencySketch::new(),
+            queue_wait: LatencySketch::new(),
             in_flight: 0,
             bytes_in: 0,
             bytes_out: 0,
             admission: Admission::default(),
             resilience: Resilience::default(),
+            in_force: InForce::default(),
             llm: None,
         }
     }

@@ -157,6 +157,13 @@ impl Admin {
                 &crate::limits::describe(&self.shared.snapshot.load()),
             ),
             "/api/v1/telemetry" if get => self.telemetry(&req),
+            "/api/v1/telemetry/batches" if get => {
+                let since = query_param(&req, "since").and_then(|s| s.parse().ok());
+                let batches = self.shared.telemetry.batches(since);
+                let batches: Vec<&vivremotion_protocol::telemetry::TelemetryBatch> =
+                    batches.iter().map(|b| &**b).collect();
+                json_response(StatusCode::OK, &json!({ "batches": batches }))
+            }
             "/api/v1/policy" if get => self.get_policy(),
             "/api/v1/policy" if m == Method::PUT || m == Method::POST => self.put_policy(req).await,
             "/api/v1/debug/faults" if m == Method::POST => self.faults(req).await,
@@ -170,7 +177,9 @@ impl Admin {
                 self.demo_get(&name)
             }
             "/metrics" | "/healthz" | "/readyz" | "/api/v1/config" | "/api/v1/upstreams" | "/api/v1/limits"
-            | "/api/v1/telemetry" | "/api/v1/demo/upstreams" => method_not_allowed("GET, HEAD"),
+            | "/api/v1/telemetry" | "/api/v1/telemetry/batches" | "/api/v1/demo/upstreams" => {
+                method_not_allowed("GET, HEAD")
+            }
             "/api/v1/policy" => method_not_allowed("GET, HEAD, PUT, POST"),
             "/api/v1/config/reload" => method_not_allowed("POST"),
             p if p.starts_with("/api/v1/demo/upstreams/") => method_not_allowed("GET, HEAD, POST"),

@@ -12,6 +12,7 @@ use crate::server::{self, BoundListener, ServerError};
 use crate::snapshot::BuildError;
 use crate::state::Shared;
 use crate::supervise::{supervise, Loop};
+use crate::telemetry::collector::InForceView;
 use crate::telemetry::Collector;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+use vivremotion_protocol::telemetry::Scope;
 use vivremotion_protocol::{Clock, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +183,10 @@ impl App {
             let stop = control_stop.clone();
             let instance = shared.config().proxy.instance_id.clone();
             // The collector outlives a restart of its loop: its cursors make the deltas.
+            let tick_ms = shared.config().telemetry.tick.as_millis() as u64;
             let collector = Arc::new(std::sync::Mutex::new(Collector::new(
                 &instance,
+                tick_ms,
                 shared.clock.unix_ms(),
             )));
             tokio::spawn(async move {
@@ -275,34 +279,77 @@ async fn tick_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let tick = shared.config().telemetry.tick;
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
-    let tick = |collector: &std::sync::Mutex<Collector>| {
-        shared.loops.checkpoint(Loop::Telemetry);
-        let mut collector = collector.lock().unwrap_or_else(|p| p.into_inner());
-        let mut windows = collector.tick(&shared.registries.stats, shared.clock.unix_ms());
-        let now = shared.clock.now();
-        mark_endpoint_state(&shared, &mut windows, now);
-        shared.telemetry.push(windows);
-        let snap = shared.snapshot.load();
-        for r in snap.routes.iter() {
-            r.clients.sweep(now);
-        }
+    // Ten samples of in-flight and queue depth per window (at most every 10 ms).
+    let mut sampler = tokio::time::interval((tick / 10).max(Duration::from_millis(10)));
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lock = |c: &std::sync::Mutex<Collector>| {
+        c.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .window_end_ms()
     };
     loop {
+        shared.loops.checkpoint(Loop::Telemetry);
+        // Windows end on multiples of the tick on the Unix clock, in every instance alike.
+        let end = lock(&collector);
+        let wait = Duration::from_millis(end.saturating_sub(shared.clock.unix_ms()));
         tokio::select! {
             _ = stop.changed() => {
                 // The requests that finished during the drain go into one last window.
-                tick(&collector);
+                close_window(&shared, &collector, shared.clock.unix_ms());
                 break;
             }
-            _ = interval.tick() => tick(&collector),
+            _ = tokio::time::sleep(wait) => close_window(&shared, &collector, end),
+            _ = sampler.tick() => with_view(&shared, |view| {
+                collector
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .sample(&shared.registries.stats, view);
+            }),
         }
     }
 }
 
-/// Endpoint windows carry the endpoint's protection state at the end of the window.
+/// What the snapshot in force says of each scope, for the collector.
+fn with_view<R>(shared: &Shared, f: impl FnOnce(&InForceView<'_>) -> R) -> R {
+    let snap = shared.snapshot.load();
+    let route = |s: &Scope| snap.routes.iter().find(|r| r.cfg.name == s.route);
+    let weight = |s: &Scope| -> Option<u32> {
+        let up = s.upstream.as_ref()?;
+        let r = route(s)?;
+        let i = r.endpoints.iter().position(|e| &e.address == up)?;
+        r.balancer.weights().get(i).copied()
+    };
+    let concurrency = |s: &Scope| -> Option<(u32, u64)> {
+        if s.upstream.is_some() {
+            return None;
+        }
+        let c = route(s)?.limits.concurrency.as_ref()?;
+        Some((c.limit(), u64::from(c.waiting())))
+    };
+    f(&InForceView {
+        policy_version: snap.policy_version(),
+        config_fingerprint: &snap.config_fingerprint,
+        weight: &weight,
+        concurrency: &concurrency,
+    })
+}
+
+fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms: u64) {
+    let mut batch = with_view(shared, |view| {
+        collector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tick(&shared.registries.stats, end_ms, view)
+    });
+    let now = shared.clock.now();
+    mark_endpoint_state(shared, &mut batch.windows, now);
+    shared.telemetry.push(batch);
+    let snap = shared.snapshot.load();
+    for r in snap.routes.iter() {
+        r.clients.sweep(now);
+    }
+}
+
 fn mark_endpoint_state(
     shared: &Shared,
     windows: &mut [vivremotion_protocol::Telemetry],

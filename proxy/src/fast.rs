@@ -694,7 +694,12 @@ where
             let route = &plan.snap.routes[plan.route];
             let prio = flow.priority();
             let rng = rng.get_or_insert_with(|| w.rng());
-            match wait::queue(&mut flow, route, &*shared.clock, rng).await {
+            let step = wait::queue(&mut flow, route, &*shared.clock, rng).await;
+            if let Some(r) = plan.request.as_mut() {
+                let waited = shared.clock.now().saturating_since(plan.t0);
+                r.outcome.queue_wait_us = Some(waited.as_nanos() as f64 / 1e3);
+            }
+            match step {
                 Start::Forward(t) => {
                     RequestInfo::admission(&mut plan.access, prio, None);
                     t

@@ -257,8 +257,10 @@ pub async fn handle(
     };
     let header = |n: &str| hdrs.get(n).map(|v| v.as_bytes());
     let (mut flow, mut step) = RequestFlow::start(route, facts, header, t0, &mut rng);
+    let mut request = request;
     if let Start::Queue { .. } = step {
         step = wait::queue(&mut flow, route, &*shared.clock, &mut rng).await;
+        request.outcome.queue_wait_us = Some(elapsed_us(shared, t0));
     }
     let mut next = match step {
         Start::Forward(t) => t,

@@ -114,6 +114,9 @@ impl RouteRuntime {
 pub struct Snapshot {
     /// Increases with every snapshot built by this process.
     pub generation: u64,
+    /// Hash of the config (as `/api/v1/config` shows it), hex: the same config gives the same
+    /// fingerprint in every instance, so telemetry says which config it ran under.
+    pub config_fingerprint: String,
     /// The process clock, for work done when a request ends (pooling connections).
     pub clock: Arc<dyn vivremotion_protocol::Clock>,
     pub config: Arc<Config>,
@@ -434,6 +437,10 @@ pub fn build(
     Ok(Built {
         snapshot: Snapshot {
             generation,
+            config_fingerprint: format!(
+                "{:016x}",
+                hash64(config.redacted_json().to_string().as_bytes(), 0)
+            ),
             clock: clock.clone(),
             config,
             policy,

@@ -292,6 +292,7 @@ mod tests {
                     latency_us: us,
                     bytes_in: 1,
                     bytes_out: 2,
+                    queue_wait_us: None,
                 },
                 false,
             );

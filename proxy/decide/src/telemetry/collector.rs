@@ -1,36 +1,103 @@
-//! Turns cumulative per-scope counters into per-tick `Telemetry` windows.
+//! Turns cumulative per-scope counters into one [`TelemetryBatch`] per tick.
+//!
+//! Windows are aligned to multiples of the tick on the Unix clock (a window covers
+//! `[k·tick, (k+1)·tick)`), so the batches of several instances describe the same intervals.
+//! Between ticks the driver calls [`Collector::sample`] a few times; the in-flight and queue
+//! figures of a window are the mean and maximum of those samples. Scopes with nothing to say
+//! (no request, nothing in flight, no protection event) are left out of the batch.
 
 use super::recorder::{Ctr, ScopeStats, StatsRegistry, Totals};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use vivremotion_protocol::sketch::LatencySketch;
+use vivremotion_protocol::sketch::{bucket_value, LatencySketch};
 use vivremotion_protocol::telemetry::{
-    Admission, ErrorCounts, PerPriority, Priority, Scope, StatusCounts, Telemetry,
+    Admission, ErrorCounts, InForce, PerPriority, Priority, Scope, StatusCounts, Telemetry,
+    TelemetryBatch,
 };
+use vivremotion_protocol::SCHEMA_VERSION;
 
-/// Assembles windows. Owned by the tick task; nothing here is touched by the request path.
+/// What the driver knows of the configuration in force, for the windows of a tick.
+pub struct InForceView<'a> {
+    pub policy_version: u64,
+    pub config_fingerprint: &'a str,
+    /// An endpoint scope's weight on its route.
+    pub weight: &'a dyn Fn(&Scope) -> Option<u32>,
+    /// A route scope's concurrency limit and the requests waiting for a slot now.
+    pub concurrency: &'a dyn Fn(&Scope) -> Option<(u32, u64)>,
+}
+
+/// Samples of one scope over the current window.
+#[derive(Debug, Default, Clone, Copy)]
+struct Samples {
+    n: u64,
+    in_flight_sum: u64,
+    in_flight_max: u64,
+    queued_sum: u64,
+    queued_max: u64,
+}
+
+/// Assembles batches. Owned by the tick task; nothing here is touched by the request path.
 pub struct Collector {
     instance: String,
+    tick_ms: u64,
     seq: u64,
-    last_tick_unix_ms: u64,
-    prev: HashMap<Scope, (Arc<ScopeStats>, Totals)>,
+    batch_seq: u64,
+    window_start_ms: u64,
+    prev: BTreeMap<Scope, (Arc<ScopeStats>, Totals)>,
+    samples: BTreeMap<Scope, Samples>,
+}
+
+/// The start of the aligned window that holds `unix_ms`.
+pub fn aligned(unix_ms: u64, tick_ms: u64) -> u64 {
+    let t = tick_ms.max(1);
+    unix_ms - unix_ms % t
 }
 
 impl Collector {
-    pub fn new(instance: &str, start_unix_ms: u64) -> Collector {
+    pub fn new(instance: &str, tick_ms: u64, start_unix_ms: u64) -> Collector {
         Collector {
             instance: instance.to_string(),
+            tick_ms: tick_ms.max(1),
             seq: 0,
-            last_tick_unix_ms: start_unix_ms,
-            prev: HashMap::new(),
+            batch_seq: 0,
+            window_start_ms: aligned(start_unix_ms, tick_ms),
+            prev: BTreeMap::new(),
+            samples: BTreeMap::new(),
         }
     }
 
-    /// Close the current window at `now_unix_ms` and return one window per scope.
+    /// When the current window ends (the next multiple of the tick).
+    pub fn window_end_ms(&self) -> u64 {
+        self.window_start_ms + self.tick_ms
+    }
+
+    /// Sample what is in flight (and queued) now, for the window's mean and maximum.
+    pub fn sample(&mut self, registry: &StatsRegistry, view: &InForceView<'_>) {
+        for s in registry.all() {
+            let t = s.totals();
+            let e = self.samples.entry(s.scope.clone()).or_default();
+            let inf = t.in_flight.max(0) as u64;
+            let queued = (view.concurrency)(&s.scope).map_or(0, |(_, q)| q);
+            e.n += 1;
+            e.in_flight_sum += inf;
+            e.in_flight_max = e.in_flight_max.max(inf);
+            e.queued_sum += queued;
+            e.queued_max = e.queued_max.max(queued);
+        }
+    }
+
+    /// Close the window ending at `end_ms` (a multiple of the tick; a late tick closes the
+    /// window it is in) and return its batch.
     ///
     /// A scope removed by a reload is still read once more (its final requests are not lost),
     /// then forgotten.
-    pub fn tick(&mut self, registry: &StatsRegistry, now_unix_ms: u64) -> Vec<Telemetry> {
+    pub fn tick(
+        &mut self,
+        registry: &StatsRegistry,
+        end_ms: u64,
+        view: &InForceView<'_>,
+    ) -> TelemetryBatch {
+        self.sample(registry, view);
         let live = registry.all();
         for s in &live {
             self.prev.entry(s.scope.clone()).or_insert_with(|| {
@@ -39,32 +106,34 @@ impl Collector {
                 let zero = Totals {
                     counters: [0; super::recorder::NUM_COUNTERS],
                     hist: vec![0; t.hist.len()],
+                    queue_hist: vec![0; t.queue_hist.len()],
                     in_flight: 0,
                 };
                 (s.clone(), zero)
             });
         }
-        let window_start = self.last_tick_unix_ms;
-        let window_ms = now_unix_ms.saturating_sub(window_start);
-        self.last_tick_unix_ms = now_unix_ms;
+        let end_ms = aligned(end_ms, self.tick_ms).max(self.window_start_ms + self.tick_ms);
+        let window_start = self.window_start_ms;
+        let window_ms = end_ms - window_start;
+        self.window_start_ms = end_ms;
 
-        let mut scopes: Vec<&Scope> = self.prev.keys().collect();
-        scopes.sort();
-        let scopes: Vec<Scope> = scopes.into_iter().cloned().collect();
-        let mut out = Vec::with_capacity(scopes.len());
-        for scope in scopes {
-            let Some((stats, prev)) = self.prev.get_mut(&scope) else {
-                continue;
-            };
+        let mut out = Vec::new();
+        for (scope, (stats, prev)) in self.prev.iter_mut() {
             let now = stats.totals();
-            let d = |c: Ctr| now.get(c).saturating_sub(prev.get(c));
-            let hist: Vec<u64> = now
-                .hist
-                .iter()
-                .zip(&prev.hist)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect();
+            let before = std::mem::replace(prev, now.clone());
+            let d = |c: Ctr| now.get(c).saturating_sub(before.get(c));
+            let delta = |a: &[u64], b: &[u64]| -> Vec<u64> {
+                a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect()
+            };
+            let hist = delta(&now.hist, &before.hist);
+            let queue = delta(&now.queue_hist, &before.queue_hist);
             let (min, max) = stats.take_window_extremes();
+            let smp = self.samples.remove(scope).unwrap_or_default();
+            let moved = now.counters != before.counters;
+            // Idle: nothing happened and nothing was in flight.
+            if !moved && smp.in_flight_max == 0 && now.in_flight <= 0 {
+                continue;
+            }
             self.seq += 1;
             let mut w = Telemetry::empty(
                 &self.instance,
@@ -89,6 +158,14 @@ impl Collector {
                 upstream_429: d(Ctr::Upstream429),
             };
             w.latency = LatencySketch::from_dense(&hist, d(Ctr::LatencySumUs) as f64, min, max);
+            let lo = queue.iter().position(|&c| c > 0);
+            let hi = queue.iter().rposition(|&c| c > 0);
+            w.queue_wait = LatencySketch::from_dense(
+                &queue,
+                d(Ctr::QueueWaitSumUs) as f64,
+                lo.map_or(0.0, bucket_value),
+                hi.map_or(0.0, bucket_value),
+            );
             w.in_flight = now.in_flight.max(0) as u64;
             w.bytes_in = d(Ctr::BytesIn);
             w.bytes_out = d(Ctr::BytesOut);
@@ -106,21 +183,48 @@ impl Collector {
                 limited: per(Ctr::limited),
                 shed: per(Ctr::shed),
             };
+            let mean = |sum: u64| {
+                if smp.n == 0 {
+                    0.0
+                } else {
+                    sum as f64 / smp.n as f64
+                }
+            };
+            w.in_force = InForce {
+                policy_version: view.policy_version,
+                config_fingerprint: view.config_fingerprint.to_string(),
+                weight: (view.weight)(scope),
+                concurrency_limit: (view.concurrency)(scope).map(|(l, _)| l),
+                queued_mean: mean(smp.queued_sum),
+                queued_max: smp.queued_max,
+                in_flight_mean: mean(smp.in_flight_sum),
+                in_flight_max: smp.in_flight_max,
+            };
             out.push(w);
-            *prev = now;
         }
-        let live_scopes: std::collections::HashSet<&Scope> =
+        let live_scopes: std::collections::BTreeSet<&Scope> =
             live.iter().map(|s| &s.scope).collect();
         self.prev.retain(|k, _| live_scopes.contains(k));
-        out
+        self.samples.clear();
+        self.batch_seq += 1;
+        TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            instance: self.instance.clone(),
+            seq: self.batch_seq,
+            window_start_ms: window_start,
+            window_ms,
+            policy_version: view.policy_version,
+            config_fingerprint: view.config_fingerprint.to_string(),
+            windows: out,
+        }
     }
 }
 
-/// The latest windows, bounded: at most `keep` ticks.
+/// The latest batches, bounded: at most `keep` ticks.
 #[derive(Debug)]
 pub struct TelemetryStore {
     keep: usize,
-    ticks: Mutex<VecDeque<Arc<Vec<Telemetry>>>>,
+    ticks: Mutex<VecDeque<Arc<TelemetryBatch>>>,
 }
 
 impl TelemetryStore {
@@ -131,12 +235,21 @@ impl TelemetryStore {
         }
     }
 
-    pub fn push(&self, windows: Vec<Telemetry>) {
+    pub fn push(&self, batch: TelemetryBatch) {
         let mut t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
-        t.push_back(Arc::new(windows));
+        t.push_back(Arc::new(batch));
         while t.len() > self.keep {
             t.pop_front();
         }
+    }
+
+    /// The batches after batch number `since` (all kept if `None`), oldest first.
+    pub fn batches(&self, since: Option<u64>) -> Vec<Arc<TelemetryBatch>> {
+        let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter()
+            .filter(|b| since.is_none_or(|s| b.seq > s))
+            .cloned()
+            .collect()
     }
 
     /// One page of windows, oldest first, with the cursor for the next one.
@@ -146,8 +259,12 @@ impl TelemetryStore {
     /// - neither: the windows of the most recent tick.
     pub fn page(&self, since: Option<u64>, limit: Option<usize>) -> TelemetryPage {
         let t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
-        let all = || t.iter().flat_map(|tick| tick.iter());
-        let last_seq = t.iter().rev().find_map(|tick| tick.last()).map(|w| w.seq);
+        let all = || t.iter().flat_map(|tick| tick.windows.iter());
+        let last_seq = t
+            .iter()
+            .rev()
+            .find_map(|tick| tick.windows.last())
+            .map(|w| w.seq);
         let first_seq = all().next().map(|w| w.seq);
         // A cursor from before a restart (sequence numbers start again at 1) would wait for
         // the new process to catch up: start it over instead, and say so.
@@ -160,10 +277,13 @@ impl TelemetryStore {
                 .cloned()
                 .collect(),
             (None, Some(n)) => {
-                let total: usize = t.iter().map(|tick| tick.len()).sum();
+                let total: usize = t.iter().map(|tick| tick.windows.len()).sum();
                 all().skip(total.saturating_sub(n)).cloned().collect()
             }
-            (None, None) => t.back().map(|tick| tick.to_vec()).unwrap_or_default(),
+            (None, None) => t
+                .back()
+                .map(|tick| tick.windows.clone())
+                .unwrap_or_default(),
         };
         let next_since = windows
             .last()
@@ -217,23 +337,39 @@ mod tests {
 
     fn outcome(status: u16, us: f64) -> Outcome {
         Outcome {
-            status,
             upstream_status: Some(status),
-            failure: None,
-            latency_us: us,
-            bytes_in: 0,
             bytes_out: 5,
+            ..Outcome::new(status, us)
         }
+    }
+
+    fn none(_: &Scope) -> Option<u32> {
+        None
+    }
+
+    fn no_limit(_: &Scope) -> Option<(u32, u64)> {
+        None
+    }
+
+    const VIEW: InForceView<'static> = InForceView {
+        policy_version: 3,
+        config_fingerprint: "cfg",
+        weight: &none,
+        concurrency: &no_limit,
+    };
+
+    fn tick(c: &mut Collector, reg: &StatsRegistry, end_ms: u64) -> Vec<Telemetry> {
+        c.tick(reg, end_ms, &VIEW).windows
     }
 
     #[test]
     fn windows_hold_deltas_not_totals() {
         let reg = StatsRegistry::default();
         let s = reg.get_or_create(scope("r"), 1);
-        let mut c = Collector::new("p1", 1000);
+        let mut c = Collector::new("p1", 1000, 1500);
         s.finish(0, &outcome(200, 500.0), false);
         s.finish(0, &outcome(503, 1500.0), false);
-        let w1 = c.tick(&reg, 2000);
+        let w1 = tick(&mut c, &reg, 2000);
         assert_eq!(w1.len(), 1);
         assert_eq!(
             (
@@ -254,42 +390,76 @@ mod tests {
             (500.0, 1500.0)
         );
 
+        assert_eq!(w1[0].in_force.policy_version, 3);
+        assert_eq!(w1[0].in_force.config_fingerprint, "cfg");
+
         s.finish(0, &outcome(200, 700.0), false);
-        let w2 = c.tick(&reg, 3000);
+        // A late tick closes the window it fell in, on its aligned end.
+        let w2 = tick(&mut c, &reg, 3004);
         assert_eq!(w2[0].requests, 1);
         assert_eq!(w2[0].latency.count, 1);
         assert_eq!(w2[0].seq, 2);
         assert_eq!(w2[0].bytes_out, 5);
 
-        let w3 = c.tick(&reg, 4000);
-        assert_eq!(w3[0].requests, 0);
-        assert!(w3[0].latency.is_empty());
+        assert_eq!((w2[0].window_start_ms, w2[0].window_ms), (2000, 1000));
+
+        // An idle scope sends nothing.
+        assert!(tick(&mut c, &reg, 4000).is_empty());
+    }
+
+    /// Two instances started at different moments close the same aligned windows.
+    #[test]
+    fn windows_of_two_instances_line_up() {
+        let (ra, rb) = (StatsRegistry::default(), StatsRegistry::default());
+        let (sa, sb) = (
+            ra.get_or_create(scope("r"), 1),
+            rb.get_or_create(scope("r"), 1),
+        );
+        let mut a = Collector::new("a", 200, 10_037);
+        let mut b = Collector::new("b", 200, 10_151);
+        sa.finish(0, &outcome(200, 1.0), false);
+        sb.finish(0, &outcome(200, 1.0), false);
+        let (ba, bb) = (a.tick(&ra, 10_200, &VIEW), b.tick(&rb, 10_203, &VIEW));
+        assert_eq!((ba.window_start_ms, ba.window_ms), (10_000, 200));
+        assert_eq!((bb.window_start_ms, bb.window_ms), (10_000, 200));
+        assert_eq!(ba.windows[0].window_start_ms, bb.windows[0].window_start_ms);
+        assert_eq!((ba.seq, bb.seq), (1, 1));
     }
 
     #[test]
     fn removed_scopes_are_read_one_last_time() {
         let reg = StatsRegistry::default();
         let s = reg.get_or_create(scope("old"), 1);
-        let mut c = Collector::new("p1", 0);
-        c.tick(&reg, 1000);
+        let mut c = Collector::new("p1", 1000, 0);
+        tick(&mut c, &reg, 1000);
         s.finish(0, &outcome(200, 1.0), false);
         reg.retain(&Default::default());
-        let w = c.tick(&reg, 2000);
+        let w = tick(&mut c, &reg, 2000);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].requests, 1);
-        assert!(c.tick(&reg, 3000).is_empty());
+        assert!(tick(&mut c, &reg, 3000).is_empty());
     }
 
     #[test]
     fn store_is_bounded_and_followable() {
         let store = TelemetryStore::new(2);
         let reg = StatsRegistry::default();
-        reg.get_or_create(scope("a"), 1);
-        reg.get_or_create(scope("b"), 1);
-        let mut c = Collector::new("p1", 0);
+        let a = reg.get_or_create(scope("a"), 1);
+        let b = reg.get_or_create(scope("b"), 1);
+        let mut c = Collector::new("p1", 1000, 0);
         for t in 1..=3 {
-            store.push(c.tick(&reg, t * 1000));
+            a.finish(0, &outcome(200, 1.0), false);
+            b.finish(0, &outcome(200, 1.0), false);
+            store.push(c.tick(&reg, t * 1000, &VIEW));
         }
+        assert_eq!(
+            store
+                .batches(Some(1))
+                .iter()
+                .map(|b| b.seq)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(store.page(None, None).windows.len(), 2);
         let all = store.page(Some(0), Some(100)).windows;
         assert_eq!(
@@ -304,11 +474,13 @@ mod tests {
     fn pages_follow_the_store_with_a_cursor() {
         let store = TelemetryStore::new(3);
         let reg = StatsRegistry::default();
-        reg.get_or_create(scope("a"), 1);
-        reg.get_or_create(scope("b"), 1);
-        let mut c = Collector::new("p1", 0);
+        let a = reg.get_or_create(scope("a"), 1);
+        let b = reg.get_or_create(scope("b"), 1);
+        let mut c = Collector::new("p1", 1000, 0);
         for t in 1..=4 {
-            store.push(c.tick(&reg, t * 1000));
+            a.finish(0, &outcome(200, 1.0), false);
+            b.finish(0, &outcome(200, 1.0), false);
+            store.push(c.tick(&reg, t * 1000, &VIEW));
         }
         let seqs = |p: &TelemetryPage| p.windows.iter().map(|w| w.seq).collect::<Vec<_>>();
         // Kept: ticks 2..=4, windows 3..=8.

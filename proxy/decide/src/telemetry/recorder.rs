@@ -52,9 +52,11 @@ pub enum Ctr {
     ShedCritical,
     ShedDefault,
     ShedSheddable,
+    /// Route scope: sum of queue waits in µs (their distribution is the queue histogram).
+    QueueWaitSumUs,
 }
 
-pub const NUM_COUNTERS: usize = Ctr::ShedSheddable as usize + 1;
+pub const NUM_COUNTERS: usize = Ctr::QueueWaitSumUs as usize + 1;
 
 impl Ctr {
     pub fn admitted(p: Priority) -> Ctr {
@@ -90,6 +92,8 @@ pub struct Outcome {
     pub latency_us: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Route scope: how long the request waited for a concurrency slot, if it waited.
+    pub queue_wait_us: Option<f64>,
 }
 
 impl Outcome {
@@ -102,6 +106,7 @@ impl Outcome {
             latency_us,
             bytes_in: 0,
             bytes_out: 0,
+            queue_wait_us: None,
         }
     }
 }
@@ -111,6 +116,8 @@ impl Outcome {
 struct Shard {
     counters: [AtomicU64; NUM_COUNTERS],
     hist: Box<[AtomicU64]>,
+    /// Queue waits (route scopes only; empty elsewhere).
+    queue_hist: Box<[AtomicU64]>,
     /// Window minimum and maximum latency (µs), reset by the collector each tick.
     window_min_us: AtomicU64,
     window_max_us: AtomicU64,
@@ -118,10 +125,13 @@ struct Shard {
 }
 
 impl Shard {
-    fn new() -> Shard {
+    fn new(queue: bool) -> Shard {
         Shard {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             hist: (0..DENSE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            queue_hist: (0..if queue { DENSE_BUCKETS } else { 0 })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             window_min_us: AtomicU64::new(u64::MAX),
             window_max_us: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -148,6 +158,8 @@ impl std::fmt::Debug for ScopeStats {
 pub struct Totals {
     pub counters: [u64; NUM_COUNTERS],
     pub hist: Vec<u64>,
+    /// Queue waits (route scopes; empty elsewhere).
+    pub queue_hist: Vec<u64>,
     pub in_flight: i64,
 }
 
@@ -159,10 +171,11 @@ impl Totals {
 
 impl ScopeStats {
     pub fn new(scope: Scope, workers: usize) -> ScopeStats {
+        let route_scope = scope.upstream.is_none();
         ScopeStats {
             scope,
             // One shard per worker plus one for any other thread.
-            shards: (0..workers + 1).map(|_| Shard::new()).collect(),
+            shards: (0..workers + 1).map(|_| Shard::new(route_scope)).collect(),
         }
     }
 
@@ -217,6 +230,13 @@ impl ScopeStats {
         let us_int = us as u64;
         s.window_min_us.fetch_min(us_int, Relaxed);
         s.window_max_us.fetch_max(us_int, Relaxed);
+        if let Some(q) = o.queue_wait_us.filter(|q| q.is_finite()) {
+            let q = q.max(0.0);
+            if let Some(b) = s.queue_hist.get(bucket_index(q)) {
+                b.fetch_add(1, Relaxed);
+                add(Ctr::QueueWaitSumUs, q as u64);
+            }
+        }
     }
 
     /// Count an event that is not a finished request (retries, ejections, ...).
@@ -233,9 +253,11 @@ impl ScopeStats {
 
     /// Cumulative totals over all shards.
     pub fn totals(&self) -> Totals {
+        let queue_len = self.shards.first().map_or(0, |s| s.queue_hist.len());
         let mut t = Totals {
             counters: [0; NUM_COUNTERS],
             hist: vec![0; DENSE_BUCKETS],
+            queue_hist: vec![0; queue_len],
             in_flight: 0,
         };
         for s in self.shards.iter() {
@@ -243,6 +265,9 @@ impl ScopeStats {
                 *acc += c.load(Relaxed);
             }
             for (acc, c) in t.hist.iter_mut().zip(s.hist.iter()) {
+                *acc += c.load(Relaxed);
+            }
+            for (acc, c) in t.queue_hist.iter_mut().zip(s.queue_hist.iter()) {
                 *acc += c.load(Relaxed);
             }
             t.in_flight += s.in_flight.load(Relaxed);
@@ -311,6 +336,7 @@ mod tests {
             latency_us,
             bytes_in: 10,
             bytes_out: 100,
+            queue_wait_us: None,
         }
     }
 
