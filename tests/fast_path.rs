@@ -241,3 +241,117 @@ async fn keep_alive_pipelining_and_large_bodies_on_the_fast_path() {
         "{text}"
     );
 }
+
+/// The same requests (retried after a 503, and queued for the route's one concurrency slot)
+/// through the fast path and through the hyper path: the same statuses, and the same counts
+/// in /metrics and telemetry, because both paths drive the same `RequestFlow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_decide_and_count_alike() {
+    let failing = {
+        let s = vivremotion_proxy::demo::DemoSettings {
+            error_rate: 1.0,
+            ..vivremotion_proxy::demo::DemoSettings::with_latency(0.0, 0.0)
+        };
+        let u =
+            vivremotion_proxy::demo::DemoUpstream::new("a", "127.0.0.1:0".parse().unwrap(), s, 1);
+        u.start().await.unwrap();
+        u
+    };
+    let good = backend("b", 30.0).await;
+    let config = simple_config(
+        &endpoints_toml(&[failing, good], None),
+        "round_robin",
+        "",
+        "",
+    )
+    .replace("workers = 2", "workers = 1")
+    .replace(
+        "cluster = \"backend\"\n",
+        "cluster = \"backend\"\nretry = { retries = 1, on = [\"503\"], backoff_base = \"5ms\", backoff_max = \"5ms\" }\n\
+         concurrency = { limit = 1, queue = 16, max_wait = \"10s\" }\n",
+    );
+    let fast = Proxy::start(&config);
+    let hyper = Proxy::start(&config);
+    // A field named by Connection sends a request to the hyper path.
+    let plain = b"GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_slice();
+    let forced = b"GET /d HTTP/1.1\r\nHost: x\r\nConnection: close, x-force\r\nX-Force: 1\r\n\r\n"
+        .as_slice();
+    let mut statuses = Vec::new();
+    for (proxy, req) in [(&fast, plain), (&hyper, forced)] {
+        let addr = proxy.addr;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(async move { exchange(addr, req).await }))
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            let reply = t.await.unwrap();
+            got.push(reply.split_whitespace().nth(1).unwrap_or("").to_string());
+        }
+        got.sort();
+        statuses.push(got);
+    }
+    assert_eq!(statuses[0], statuses[1]);
+    assert!(statuses[0].iter().all(|s| s == "200"), "{statuses:?}");
+
+    let families = [
+        "vivremotion_proxy_requests_total",
+        "vivremotion_proxy_upstream_tries_total",
+        "vivremotion_proxy_retries_total",
+        "vivremotion_proxy_admission_total",
+        "vivremotion_proxy_upstream_errors_total",
+    ];
+    let counts = |m: &str| -> Vec<String> {
+        let mut v: Vec<String> = m
+            .lines()
+            .filter(|l| families.iter().any(|f| l.starts_with(&format!("{f}{{"))))
+            // Endpoint addresses are the same in both; nothing else differs.
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let (mf, mh) = (fast.metrics().await, hyper.metrics().await);
+    assert_eq!(counts(&mf), counts(&mh));
+    assert!(
+        sample(&mf, "vivremotion_proxy_retries_total{route=\"all\"") >= Some(1.0),
+        "{mf}"
+    );
+
+    // Telemetry windows: the same totals per scope, and queueing seen on both.
+    let totals = |p: &Proxy| {
+        let p = p.admin_url("/api/v1/telemetry/batches");
+        async move {
+            let v = get(&http1_client(), &p).await.unwrap().json();
+            let mut by: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+            for b in v["batches"].as_array().unwrap() {
+                for w in b["windows"].as_array().unwrap() {
+                    let k = w["scope"]["upstream"].as_str().unwrap_or("").to_string();
+                    let e = by.entry(k).or_default();
+                    e.0 += w["requests"].as_u64().unwrap();
+                    e.1 += w["status"]["success"].as_u64().unwrap();
+                    e.2 += w["queue_wait"]["count"].as_u64().unwrap();
+                }
+            }
+            by
+        }
+    };
+    let done = eventually(std::time::Duration::from_secs(10), || async {
+        let (f, h) = (totals(&fast).await, totals(&hyper).await);
+        f.get("").map(|t| t.0) == Some(8) && h.get("").map(|t| t.0) == Some(8)
+    })
+    .await;
+    let (tf, th) = (totals(&fast).await, totals(&hyper).await);
+    assert!(done, "telemetry never showed all 8 requests: {tf:?} {th:?}");
+    assert_eq!(
+        tf.iter()
+            .map(|(k, t)| (k.clone(), t.0, t.1))
+            .collect::<Vec<_>>(),
+        th.iter()
+            .map(|(k, t)| (k.clone(), t.0, t.1))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        tf[""].2 >= 1 && th[""].2 >= 1,
+        "no request waited: {tf:?} {th:?}"
+    );
+}

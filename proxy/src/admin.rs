@@ -7,6 +7,9 @@ use crate::balance::LoadView;
 use crate::demo::{DemoSettingsPatch, DemoUpstreams};
 use crate::error::json_error_body;
 use crate::state::Shared;
+
+/// A request to re-read the config file, answered with the warnings or the errors.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<Vec<String>, String>>;
 use crate::telemetry::prometheus::{escape, render_scopes};
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -74,7 +77,7 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     pub demo: Option<Arc<DemoUpstreams>>,
     /// Asks the control loop to re-read the config file.
-    pub reload: Option<tokio::sync::mpsc::Sender<crate::app::ReloadRequest>>,
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -214,7 +217,7 @@ impl Admin {
             )
         } else {
             let loops = &self.shared.loops;
-            let detail: serde_json::Map<String, serde_json::Value> = crate::supervise::Loop::ALL
+            let detail: serde_json::Map<String, serde_json::Value> = crate::loops::Loop::ALL
                 .into_iter()
                 .map(|l| {
                     let v = json!({"up": !loops.is_down(l), "restarts": loops.restarts(l)});
@@ -257,7 +260,7 @@ impl Admin {
             Ok(f) => f,
             Err(r) => return r,
         };
-        let Some(l) = crate::supervise::Loop::parse(&f.which) else {
+        let Some(l) = crate::loops::Loop::parse(&f.which) else {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_loop",
@@ -500,7 +503,7 @@ impl Admin {
         let loops = &self.shared.loops;
         let _ = writeln!(out, "# HELP vivremotion_proxy_control_loop_up 1 while a control loop runs, 0 while it is down after a panic.");
         let _ = writeln!(out, "# TYPE vivremotion_proxy_control_loop_up gauge");
-        for l in crate::supervise::Loop::ALL {
+        for l in crate::loops::Loop::ALL {
             let up = u8::from(!loops.is_down(l));
             let _ = writeln!(
                 out,
@@ -513,7 +516,7 @@ impl Admin {
             out,
             "# TYPE vivremotion_proxy_control_loop_restarts_total counter"
         );
-        for l in crate::supervise::Loop::ALL {
+        for l in crate::loops::Loop::ALL {
             let _ = writeln!(
                 out,
                 "vivremotion_proxy_control_loop_restarts_total{{loop=\"{}\"}} {}",

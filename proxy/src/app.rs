@@ -8,11 +8,10 @@ use crate::config::Config;
 use crate::demo::DemoUpstreams;
 use crate::limits::redis::RedisStore;
 use crate::limits::store::{LeaseStore, MemoryStore};
+use crate::loops::{reload::reload_loop, supervise, telemetry::tick_loop, Loop};
 use crate::server::{self, BoundListener, ServerError};
 use crate::snapshot::BuildError;
 use crate::state::Shared;
-use crate::supervise::{supervise, Loop};
-use crate::telemetry::collector::InForceView;
 use crate::telemetry::Collector;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,12 +21,11 @@ use rand::{Rng, SeedableRng};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use vivremotion_protocol::telemetry::Scope;
+use tokio::sync::{mpsc, watch};
 use vivremotion_protocol::{Clock, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +75,7 @@ pub struct App {
     limit_store: Arc<dyn LeaseStore>,
 }
 
-/// A request to re-read the config file, answered with the warnings or the errors.
-pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;
+pub use crate::admin::ReloadRequest;
 
 impl App {
     pub fn build(opts: AppOptions) -> Result<App, AppError> {
@@ -201,7 +198,7 @@ impl App {
             let stop = control_stop.clone();
             tokio::spawn(async move {
                 supervise(&shared.loops, Loop::Guard, stop.clone(), || {
-                    crate::health::guard_loop(shared.clone(), stop.clone())
+                    crate::loops::guard::guard_loop(shared.clone(), stop.clone())
                 })
                 .await
             })
@@ -211,7 +208,7 @@ impl App {
             let stop = control_stop.clone();
             tokio::spawn(async move {
                 supervise(&shared.loops, Loop::Lease, stop.clone(), || {
-                    crate::limits::lease_loop(shared.clone(), store.clone(), stop.clone())
+                    crate::loops::lease::lease_loop(shared.clone(), store.clone(), stop.clone())
                 })
                 .await
             })
@@ -268,190 +265,6 @@ async fn serve_admin(
                     });
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });
-            }
-        }
-    }
-}
-
-async fn tick_loop(
-    shared: Arc<Shared>,
-    collector: Arc<std::sync::Mutex<Collector>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let tick = shared.config().telemetry.tick;
-    // Ten samples of in-flight and queue depth per window (at most every 10 ms).
-    let mut sampler = tokio::time::interval((tick / 10).max(Duration::from_millis(10)));
-    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let lock = |c: &std::sync::Mutex<Collector>| {
-        c.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .window_end_ms()
-    };
-    loop {
-        shared.loops.checkpoint(Loop::Telemetry);
-        // Windows end on multiples of the tick on the Unix clock, in every instance alike.
-        let end = lock(&collector);
-        let wait = Duration::from_millis(end.saturating_sub(shared.clock.unix_ms()));
-        tokio::select! {
-            _ = stop.changed() => {
-                // The requests that finished during the drain go into one last window.
-                close_window(&shared, &collector, shared.clock.unix_ms());
-                break;
-            }
-            _ = tokio::time::sleep(wait) => close_window(&shared, &collector, end),
-            _ = sampler.tick() => with_view(&shared, |view| {
-                collector
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .sample(&shared.registries.stats, view);
-            }),
-        }
-    }
-}
-
-/// What the snapshot in force says of each scope, for the collector.
-fn with_view<R>(shared: &Shared, f: impl FnOnce(&InForceView<'_>) -> R) -> R {
-    let snap = shared.snapshot.load();
-    let route = |s: &Scope| snap.routes.iter().find(|r| r.cfg.name == s.route);
-    let weight = |s: &Scope| -> Option<u32> {
-        let up = s.upstream.as_ref()?;
-        let r = route(s)?;
-        let i = r.endpoints.iter().position(|e| &e.address == up)?;
-        r.balancer.weights().get(i).copied()
-    };
-    let concurrency = |s: &Scope| -> Option<(u32, u64)> {
-        if s.upstream.is_some() {
-            return None;
-        }
-        let c = route(s)?.limits.concurrency.as_ref()?;
-        Some((c.limit(), u64::from(c.waiting())))
-    };
-    f(&InForceView {
-        policy_version: snap.policy_version(),
-        config_fingerprint: &snap.config_fingerprint,
-        weight: &weight,
-        concurrency: &concurrency,
-    })
-}
-
-fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms: u64) {
-    let mut batch = with_view(shared, |view| {
-        collector
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .tick(&shared.registries.stats, end_ms, view)
-    });
-    let now = shared.clock.now();
-    mark_endpoint_state(shared, &mut batch.windows, now);
-    shared.telemetry.push(batch);
-    let snap = shared.snapshot.load();
-    for r in snap.routes.iter() {
-        r.clients.sweep(now);
-    }
-}
-
-fn mark_endpoint_state(
-    shared: &Shared,
-    windows: &mut [vivremotion_protocol::Telemetry],
-    now: vivremotion_protocol::Nanos,
-) {
-    use crate::guard::breaker::BreakerState;
-    let eps = shared.registries.endpoints();
-    for w in windows.iter_mut() {
-        let (Some(c), Some(u)) = (&w.scope.cluster, &w.scope.upstream) else {
-            continue;
-        };
-        if let Some(e) = eps.iter().find(|e| &e.cluster == c && &e.address == u) {
-            w.resilience.ejected = e.ejected(now);
-            w.resilience.unhealthy = !e.actively_healthy();
-            w.resilience.breaker_open =
-                matches!(e.breaker_view(now), Some((BreakerState::Open, _, _)));
-        }
-    }
-}
-
-/// Hash of the file's content, or `None` if it cannot be read.
-fn fingerprint(path: &Path) -> Option<u64> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| crate::balance::hash::hash64(&b, 0))
-}
-
-fn reload_now(shared: &Shared, path: &Path, trigger: &str) -> Result<Vec<String>, String> {
-    let result = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
-        let mut warnings = c.warnings();
-        let applied = shared.apply_config(c).map_err(|e| e.to_string())?;
-        warnings.extend(applied);
-        Ok(warnings)
-    });
-    match &result {
-        Ok(warnings) => {
-            metrics::counter!("vivremotion_proxy_config_reloads_total", "result" => "applied")
-                .increment(1);
-            tracing::info!(trigger, path = %path.display(), "config reloaded");
-            for w in warnings {
-                tracing::warn!(trigger, "{w}");
-            }
-        }
-        Err(e) => {
-            metrics::counter!("vivremotion_proxy_config_reloads_total", "result" => "rejected")
-                .increment(1);
-            tracing::error!(trigger, path = %path.display(), "config rejected, the previous config keeps serving:\n{e}");
-        }
-    }
-    result
-}
-
-async fn reload_loop(
-    shared: Arc<Shared>,
-    path: Option<PathBuf>,
-    mut requests: mpsc::Receiver<ReloadRequest>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change or the admin API");
-            None
-        }
-    };
-    let mut last = path.as_deref().and_then(fingerprint);
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = hup_recv => match &path {
-                Some(p) => {
-                    last = fingerprint(p);
-                    let _ = reload_now(&shared, p, "SIGHUP");
-                }
-                None => tracing::info!("SIGHUP: no config file to reload"),
-            },
-            Some(done) = requests.recv() => {
-                if let Some(p) = &path {
-                    last = fingerprint(p);
-                    let _ = done.send(reload_now(&shared, p, "admin API"));
-                }
-            }
-            _ = poll.tick() => {
-                let Some(p) = &path else { continue };
-                let now = fingerprint(p);
-                if now.is_some() && now != last {
-                    // An editor may be half-way through writing: wait for the content to settle.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let settled = fingerprint(p);
-                    if settled == now {
-                        last = now;
-                        let _ = reload_now(&shared, p, "file change");
-                    }
-                }
             }
         }
     }

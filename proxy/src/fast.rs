@@ -316,14 +316,19 @@ where
     let mut first = true;
     // The client's address as forwarding headers spell it, formatted once per connection.
     let peer = Peer::new(conn);
+    let (mut max_head, mut head_timeout, mut limits_of) = (0, std::time::Duration::ZERO, 0);
     loop {
         // Limits for reading this head; the request itself runs on the snapshot current when
         // its head is complete (`plan`).
-        let (max_head, head_timeout) = {
+        // The head limits of the snapshot in force, read again only when a new one was
+        // published (the request itself loads the snapshot once, in `plan`).
+        let generation = w.shared.generation();
+        if generation != limits_of {
             let snap = w.shared.snapshot.load();
             let p = &snap.config.proxy;
-            (p.max_header_bytes, p.header_read_timeout)
-        };
+            (max_head, head_timeout) = (p.max_header_bytes, p.header_read_timeout);
+            limits_of = snap.generation;
+        }
         // Polled after the read, so a head that is already buffered never touches the timer wheel.
         let expiry = tokio::time::sleep(head_timeout);
         tokio::pin!(expiry);

@@ -44,8 +44,10 @@ pub struct Shared {
     /// The access log, if the config asks for one (read at start).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The control loops' supervision state.
-    pub loops: crate::supervise::Loops,
+    pub loops: crate::loops::Loops,
     generation: AtomicU64,
+    /// The generation of the snapshot last published (stored after the snapshot itself).
+    published: AtomicU64,
     /// Serializes snapshot builds (config reloads and policy swaps).
     build_lock: Mutex<()>,
 }
@@ -71,8 +73,15 @@ impl Shared {
             access_log,
             loops: Default::default(),
             generation: AtomicU64::new(1),
+            published: AtomicU64::new(1),
             build_lock: Mutex::new(()),
         }))
+    }
+
+    /// The generation of the snapshot in force: a relaxed load, cheaper than loading the
+    /// snapshot, for callers that only need to know whether it changed.
+    pub fn generation(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -124,6 +133,7 @@ impl Shared {
         )?;
         warnings.extend(built.warnings);
         self.snapshot.store(Arc::new(built.snapshot));
+        self.published.store(generation, Ordering::Release);
         Ok(warnings)
     }
 
@@ -159,6 +169,7 @@ impl Shared {
             &self.clock,
         )?;
         self.snapshot.store(Arc::new(built.snapshot));
+        self.published.store(generation, Ordering::Release);
         Ok(version)
     }
 }

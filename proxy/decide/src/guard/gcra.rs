@@ -113,6 +113,9 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub struct KeyedGcra<S = SeededState> {
     shards: Box<[Mutex<HashMap<u64, u64>>]>,
+    /// The TAT of a limit whose key is the same for every request (keyed by route alone):
+    /// one atomic, so workers never queue on one shard's mutex for it.
+    single: std::sync::atomic::AtomicU64,
     hasher: S,
     max_per_shard: usize,
     evicted: std::sync::atomic::AtomicU64,
@@ -129,6 +132,7 @@ impl<S: BuildHasher> KeyedGcra<S> {
     pub fn with_hasher(max_keys: usize, hasher: S) -> Self {
         KeyedGcra {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            single: std::sync::atomic::AtomicU64::new(0),
             hasher,
             max_per_shard: (max_keys / SHARDS).max(8),
             evicted: Default::default(),
@@ -162,15 +166,38 @@ impl<S: BuildHasher> KeyedGcra<S> {
         g.check(tat, now, cost)
     }
 
+    /// [`Self::check`] for a limit with one key for all requests: a compare-and-swap on one
+    /// TAT, no lock.
+    pub fn check_single(&self, g: &Gcra, now: Nanos, cost: u32) -> Verdict {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let mut cur = self.single.load(Acquire);
+        loop {
+            let mut tat = cur;
+            let v = g.check(&mut tat, now, cost);
+            if tat == cur {
+                return v;
+            }
+            match self
+                .single
+                .compare_exchange_weak(cur, tat, Acquire, Relaxed)
+            {
+                Ok(_) => return v,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
     pub fn evicted(&self) -> u64 {
         self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
+        let single = usize::from(self.single.load(std::sync::atomic::Ordering::Relaxed) != 0);
         self.shards
             .iter()
             .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+            .sum::<usize>()
+            + single
     }
 
     pub fn is_empty(&self) -> bool {
@@ -303,6 +330,22 @@ mod tests {
                     prop_assert!(!g.check(&mut t3, now.saturating_add(early), 1).allowed);
                 }
             }
+        }
+    }
+
+    /// The lock-free single-key path admits exactly what the keyed path admits.
+    #[test]
+    fn the_single_key_path_decides_like_the_keyed_one() {
+        let g = Gcra::new(100.0, 10);
+        let (a, b) = (KeyedGcra::new(64, 1), KeyedGcra::new(64, 1));
+        for i in 0..500u64 {
+            let now = Nanos(i * 3_000_000);
+            let (x, y) = (a.check(&g, &7u64, now, 1), b.check_single(&g, now, 1));
+            assert_eq!(
+                (x.allowed, x.remaining),
+                (y.allowed, y.remaining),
+                "request {i}"
+            );
         }
     }
 }

@@ -45,12 +45,15 @@ pub struct RateLimiter {
     pub state: RateState,
     /// `RateLimit-Policy` field value.
     pub policy_field: String,
+    /// Every request has the same key (the route alone): decided without a lock.
+    single: bool,
 }
 
 impl RateLimiter {
     pub fn new(name: &str, key: Vec<KeyPart>, gcra: Gcra, state: RateState) -> RateLimiter {
         RateLimiter {
             name: name.to_string(),
+            single: key.iter().all(|p| *p == KeyPart::Route),
             key,
             policy_field: policy_field(name, gcra.rate()),
             gcra,
@@ -144,7 +147,11 @@ impl RouteLimits {
             let key = rl.key_hash(&header, client, &self.route);
             let refused = match &rl.state {
                 RateState::Local(keys) => {
-                    let v = keys.check(&rl.gcra, &key, now, 1);
+                    let v = if rl.single {
+                        keys.check_single(&rl.gcra, now, 1)
+                    } else {
+                        keys.check(&rl.gcra, &key, now, 1)
+                    };
                     (!v.allowed).then_some((v.retry_after, v.remaining, v.reset))
                 }
                 RateState::Global(book) => match book.spend(key, now, self.lease_interval) {

@@ -1,10 +1,22 @@
-//! Supervised control loops: a loop that panics is logged, counted and started again (after a
-//! growing pause), and `/readyz` says not ready while it is down, so a proxy whose health
-//! checks or telemetry silently died does not keep claiming to be fine.
+//! The control thread's loops, and their supervision.
+//!
+//! - [`guard`]: drives the decision core's control step and performs health checks.
+//! - [`lease`]: leases tokens of global rate limits from the shared store.
+//! - [`telemetry`]: closes one telemetry batch per aligned tick.
+//! - [`reload`]: config reloads (SIGHUP, file change, admin API).
+//!
+//! Supervision: a loop that panics is logged, counted and started again (after a growing
+//! pause), and `/readyz` says not ready while it is down, so a proxy whose health checks or
+//! telemetry silently died does not keep claiming to be fine.
 //!
 //! Fault injection for tests: with `VIVREMOTION_TEST_FAULTS=1` in the environment, the admin
 //! API's `POST /api/v1/debug/faults` arms a loop to panic at its next checkpoint, and keeps it
 //! panicking on every restart until disarmed.
+
+pub mod guard;
+pub mod lease;
+pub mod reload;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -26,7 +26,7 @@ pub async fn guard_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => break,
             _ = step.tick() => {
-                shared.loops.checkpoint(crate::supervise::Loop::Guard);
+                shared.loops.checkpoint(crate::loops::Loop::Guard);
                 let snap = shared.snapshot.load_full();
                 let views = cluster_views(&snap);
                 let limiters = shared.registries.limits.limiters();

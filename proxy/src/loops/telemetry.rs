@@ -1,0 +1,109 @@
+//! The telemetry tick: closes one batch at every multiple of `telemetry.tick` on the Unix
+//! clock (samples in-flight and queue depth ten times a window in between), marks endpoint
+//! state on the endpoint windows, stores the batch, and sweeps idle upstream connections.
+
+use super::Loop;
+use crate::state::Shared;
+use crate::telemetry::collector::InForceView;
+use crate::telemetry::Collector;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use vivremotion_protocol::telemetry::Scope;
+
+pub async fn tick_loop(
+    shared: Arc<Shared>,
+    collector: Arc<std::sync::Mutex<Collector>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tick = shared.config().telemetry.tick;
+    // Ten samples of in-flight and queue depth per window (at most every 10 ms).
+    let mut sampler = tokio::time::interval((tick / 10).max(Duration::from_millis(10)));
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lock = |c: &std::sync::Mutex<Collector>| {
+        c.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .window_end_ms()
+    };
+    loop {
+        shared.loops.checkpoint(Loop::Telemetry);
+        // Windows end on multiples of the tick on the Unix clock, in every instance alike.
+        let end = lock(&collector);
+        let wait = Duration::from_millis(end.saturating_sub(shared.clock.unix_ms()));
+        tokio::select! {
+            _ = stop.changed() => {
+                // The requests that finished during the drain go into one last window.
+                close_window(&shared, &collector, shared.clock.unix_ms());
+                break;
+            }
+            _ = tokio::time::sleep(wait) => close_window(&shared, &collector, end),
+            _ = sampler.tick() => with_view(&shared, |view| {
+                collector
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .sample(&shared.registries.stats, view);
+            }),
+        }
+    }
+}
+
+/// What the snapshot in force says of each scope, for the collector.
+fn with_view<R>(shared: &Shared, f: impl FnOnce(&InForceView<'_>) -> R) -> R {
+    let snap = shared.snapshot.load();
+    let route = |s: &Scope| snap.routes.iter().find(|r| r.cfg.name == s.route);
+    let weight = |s: &Scope| -> Option<u32> {
+        let up = s.upstream.as_ref()?;
+        let r = route(s)?;
+        let i = r.endpoints.iter().position(|e| &e.address == up)?;
+        r.balancer.weights().get(i).copied()
+    };
+    let concurrency = |s: &Scope| -> Option<(u32, u64)> {
+        if s.upstream.is_some() {
+            return None;
+        }
+        let c = route(s)?.limits.concurrency.as_ref()?;
+        Some((c.limit(), u64::from(c.waiting())))
+    };
+    f(&InForceView {
+        policy_version: snap.policy_version(),
+        config_fingerprint: &snap.config_fingerprint,
+        weight: &weight,
+        concurrency: &concurrency,
+    })
+}
+
+fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms: u64) {
+    let mut batch = with_view(shared, |view| {
+        collector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tick(&shared.registries.stats, end_ms, view)
+    });
+    let now = shared.clock.now();
+    mark_endpoint_state(shared, &mut batch.windows, now);
+    shared.telemetry.push(batch);
+    let snap = shared.snapshot.load();
+    for r in snap.routes.iter() {
+        r.clients.sweep(now);
+    }
+}
+
+fn mark_endpoint_state(
+    shared: &Shared,
+    windows: &mut [vivremotion_protocol::Telemetry],
+    now: vivremotion_protocol::Nanos,
+) {
+    use crate::guard::breaker::BreakerState;
+    let eps = shared.registries.endpoints();
+    for w in windows.iter_mut() {
+        let (Some(c), Some(u)) = (&w.scope.cluster, &w.scope.upstream) else {
+            continue;
+        };
+        if let Some(e) = eps.iter().find(|e| &e.cluster == c && &e.address == u) {
+            w.resilience.ejected = e.ejected(now);
+            w.resilience.unhealthy = !e.actively_healthy();
+            w.resilience.breaker_open =
+                matches!(e.breaker_view(now), Some((BreakerState::Open, _, _)));
+        }
+    }
+}
