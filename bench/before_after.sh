@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Before/after proxy overhead: the release binary of BASE (a git revision) against the working
-# tree's, with nginx in the same runs, through ../shared/bench/proxybench.sh; PAIRS runs with the
-# order of the two alternating. Prints every row and the medians of CPU µs/request.
+# Before/after proxy overhead: the release binary of BASE (a git revision) against HEAD's
+# (committed, so edits in progress cannot leak into the measurement), with nginx in the same
+# runs, through ../shared/bench/proxybench.sh; PAIRS runs with the order of the two
+# alternating. Prints every row and the medians of CPU µs/request.
 #
 # Usage: bench/before_after.sh BASE [PAIRS] [proxybench options, e.g. -d 5]
 # Needs what bench/proxy.sh needs.
@@ -12,13 +13,15 @@ PAIRS=${2:-5}
 shift $(( $# >= 2 ? 2 : 1 ))
 HARNESS=${PROXYBENCH:-../shared/bench/proxybench.sh}
 WT=$(mktemp -d)
-trap 'git worktree remove --force "$WT" >/dev/null 2>&1 || true; rm -rf "$WT"' EXIT
+WT2=$(mktemp -d)
+trap 'for w in "$WT" "$WT2"; do git worktree remove --force "$w" >/dev/null 2>&1 || true; rm -rf "$w"; done' EXIT
 git worktree add --detach "$WT" "$BASE" >/dev/null
-# Both builds share one target dir's dependencies but not their binaries.
-(cd "$WT" && CARGO_TARGET_DIR="$PWD/../vm-before-target" cargo build --release --quiet)
-BEFORE=$(dirname "$WT")/vm-before-target/release/vivremotion
-cargo build --release --quiet
-AFTER=$PWD/target/release/vivremotion
+git worktree add --detach "$WT2" HEAD >/dev/null
+TARGETS=${TMPDIR:-/tmp}
+(cd "$WT" && CARGO_TARGET_DIR="$TARGETS/vm-before-target" cargo build --release --quiet)
+(cd "$WT2" && CARGO_TARGET_DIR="$TARGETS/vm-after-target" cargo build --release --quiet)
+BEFORE=$TARGETS/vm-before-target/release/vivremotion
+AFTER=$TARGETS/vm-after-target/release/vivremotion
 CONF=$PWD/bench/proxybench.toml
 ROWS=$(mktemp)
 for i in $(seq 1 "$PAIRS"); do
