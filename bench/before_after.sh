@@ -18,8 +18,11 @@ trap 'for w in "$WT" "$WT2"; do git worktree remove --force "$w" >/dev/null 2>&1
 git worktree add --detach "$WT" "$BASE" >/dev/null
 git worktree add --detach "$WT2" HEAD >/dev/null
 TARGETS=${TMPDIR:-/tmp}
-(cd "$WT" && CARGO_TARGET_DIR="$TARGETS/vm-before-target" cargo build --release --quiet)
-(cd "$WT2" && CARGO_TARGET_DIR="$TARGETS/vm-after-target" cargo build --release --quiet)
+# REUSE=1: measure the binaries the last run built (no rebuild).
+if [ "${REUSE:-0}" != 1 ]; then
+  (cd "$WT" && CARGO_TARGET_DIR="$TARGETS/vm-before-target" cargo build --release --quiet)
+  (cd "$WT2" && CARGO_TARGET_DIR="$TARGETS/vm-after-target" cargo build --release --quiet)
+fi
 BEFORE=$TARGETS/vm-before-target/release/vivremotion
 AFTER=$TARGETS/vm-after-target/release/vivremotion
 CONF=$PWD/bench/proxybench.toml

@@ -1064,12 +1064,12 @@ async fn a_panicking_control_loop_is_restarted_and_counted() {
     };
     let (st, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["control_loops"]["guard"]["restarts"], 0, "{v}");
+    assert_eq!(v["control_loops"]["control"]["restarts"], 0, "{v}");
 
     let arm = |on: bool| {
         let (client, url) = (client.clone(), proxy.admin_url("/api/v1/debug/faults"));
         async move {
-            let body = format!("{{\"loop\":\"guard\",\"panic\":{on}}}");
+            let body = format!("{{\"loop\":\"control\",\"panic\":{on}}}");
             post_json(&client, &url, &body, "POST").await.status
         }
     };
@@ -1077,10 +1077,10 @@ async fn a_panicking_control_loop_is_restarted_and_counted() {
     // Armed, the loop panics on every restart: down until disarmed.
     let down = eventually(Duration::from_secs(10), || async {
         let (st, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
-        st == 503 && v["down"] == serde_json::json!(["guard"])
+        st == 503 && v["down"] == serde_json::json!(["control"])
     })
     .await;
-    assert!(down, "/readyz never said the guard loop was down");
+    assert!(down, "/readyz never said the control loop was down");
     assert_eq!(
         get(&client, &proxy.url("/still")).await.unwrap().status,
         200
@@ -1090,22 +1090,22 @@ async fn a_panicking_control_loop_is_restarted_and_counted() {
         readyz(client.clone(), proxy.admin_url("/readyz")).await.0 == 200
     })
     .await;
-    assert!(up, "the guard loop never came back");
+    assert!(up, "the control loop never came back");
     let (_, v) = readyz(client.clone(), proxy.admin_url("/readyz")).await;
     assert!(
-        v["control_loops"]["guard"]["restarts"].as_u64() >= Some(1),
+        v["control_loops"]["control"]["restarts"].as_u64() >= Some(1),
         "{v}"
     );
     let m = proxy.metrics().await;
     assert!(
         sample(
             &m,
-            "vivremotion_proxy_control_loop_restarts_total{loop=\"guard\"}"
+            "vivremotion_proxy_control_loop_restarts_total{loop=\"control\"}"
         ) >= Some(1.0),
         "{m}"
     );
     assert_eq!(
-        sample(&m, "vivremotion_proxy_control_loop_up{loop=\"guard\"}"),
+        sample(&m, "vivremotion_proxy_control_loop_up{loop=\"control\"}"),
         Some(1.0)
     );
     assert!(

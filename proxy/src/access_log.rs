@@ -2,7 +2,7 @@
 //!
 //! Off by default (`[access_log]` in the config turns it on). A request's [`RequestInfo`] is
 //! created when its head is read and filled in as the request goes; dropping it writes the
-//! line, exactly once. Normally the request's final [`Guard`](crate::body::Guard) carries it
+//! line, exactly once. Normally the request's final [`Record`](crate::body::Record) carries it
 //! and hands it the outcome when the request is recorded; if the request ends any other way
 //! (the client resets an HTTP/2 stream or goes away while the request waits in the admission
 //! queue or in a retry backoff, or the drain timeout cuts the connection), the line is still

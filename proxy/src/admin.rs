@@ -265,7 +265,7 @@ impl Admin {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_loop",
                 &format!(
-                    "no control loop {:?}; one of telemetry, guard, lease",
+                    "no control loop {:?}; one of telemetry, control, lease",
                     f.which
                 ),
             );

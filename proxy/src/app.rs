@@ -197,8 +197,8 @@ impl App {
             let shared = self.shared.clone();
             let stop = control_stop.clone();
             tokio::spawn(async move {
-                supervise(&shared.loops, Loop::Guard, stop.clone(), || {
-                    crate::loops::guard::guard_loop(shared.clone(), stop.clone())
+                supervise(&shared.loops, Loop::Control, stop.clone(), || {
+                    crate::loops::control::control_loop(shared.clone(), stop.clone())
                 })
                 .await
             })

@@ -3,7 +3,7 @@
 //! Neither body buffers: frames pass through as they arrive, so SSE and large uploads stream.
 //! [`RequestBody`] enforces the route's size limit on the fly (Content-Length alone cannot be
 //! trusted: chunked uploads have none) and counts bytes. [`ResponseBody`] carries the request's
-//! [`Guard`], which records the outcome when the last frame is handed to hyper (before hyper
+//! [`Record`], which records the outcome when the last frame is handed to hyper (before hyper
 //! writes it, so a client that has the whole response finds it counted), or when the client
 //! goes away, whichever comes first.
 
@@ -56,7 +56,7 @@ pub enum ScopeRef {
 
 /// Records one request's outcome into the snapshot it started on, exactly once, on drop, and
 /// gives the upstream connection back to its pool if the response was read to its end.
-pub struct Guard {
+pub struct Record {
     snap: Arc<Snapshot>,
     scope: ScopeRef,
     worker: usize,
@@ -69,23 +69,23 @@ pub struct Guard {
     reusable: bool,
     /// The route's concurrency slot, released after the outcome is recorded.
     pub permit: Option<crate::limits::concurrency::Permit>,
-    /// The request's access log line, written when it is recorded (only the guard of the
+    /// The request's access log line, written when it is recorded (only the rec of the
     /// answer the client gets carries one; `None` without an access log).
     pub access: Option<Box<RequestInfo>>,
-    /// On the guard of the try whose answer the client gets: the request's own record in
+    /// On the rec of the try whose answer the client gets: the request's own record in
     /// its route's scope (status the client got, end-to-end latency), finished with this one.
-    pub request: Option<Box<Guard>>,
+    pub request: Option<Box<Record>>,
 }
 
-impl Guard {
+impl Record {
     /// The process clock in whole seconds (for rate-limited logging).
     pub fn now_secs(&self) -> u64 {
         self.snap.clock.now().0 / 1_000_000_000
     }
 
-    /// A guard for a try that is now in flight in `scope`. Its status is 499 until the try
+    /// A rec for a try that is now in flight in `scope`. Its status is 499 until the try
     /// ends: if the client leaves first, that is what happened.
-    pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize) -> Guard {
+    pub fn start(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize) -> Record {
         let outcome = Outcome::new(499, 0.0);
         snap.stats(scope).start(worker);
         if let ScopeRef::Endpoint { route, endpoint } = scope {
@@ -93,7 +93,7 @@ impl Guard {
                 e.start();
             }
         }
-        Guard {
+        Record {
             snap,
             scope,
             worker,
@@ -107,9 +107,9 @@ impl Guard {
         }
     }
 
-    /// A guard for a request answered locally, never in flight upstream.
-    pub fn local(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize, outcome: Outcome) -> Guard {
-        Guard {
+    /// A rec for a request answered locally, never in flight upstream.
+    pub fn local(snap: Arc<Snapshot>, scope: ScopeRef, worker: usize, outcome: Outcome) -> Record {
+        Record {
             snap,
             scope,
             worker,
@@ -127,7 +127,7 @@ impl Guard {
         self.scope
     }
 
-    /// Make this the guard that writes the request's access log line, after `tries` tries.
+    /// Make this the rec that writes the request's access log line, after `tries` tries.
     pub fn carry(&mut self, mut access: Option<Box<RequestInfo>>, tries: u32) {
         if let Some(i) = access.as_mut() {
             i.set_tries(tries);
@@ -136,15 +136,15 @@ impl Guard {
     }
 
     /// Make this try's answer the client's: `request` (the route-scope record) is finished
-    /// with this guard, with the status and bytes the client got and `latency_us` (end to
-    /// end, where this guard's is the try's own).
-    pub fn answers(&mut self, mut request: Guard, latency_us: f64) {
+    /// with this rec, with the status and bytes the client got and `latency_us` (end to
+    /// end, where this rec's is the try's own).
+    pub fn answers(&mut self, mut request: Record, latency_us: f64) {
         request.outcome.latency_us = latency_us;
         self.request = Some(Box::new(request));
     }
 }
 
-impl Drop for Guard {
+impl Drop for Record {
     fn drop(&mut self) {
         if let Some(mut r) = self.request.take() {
             let o = &self.outcome;
@@ -283,7 +283,7 @@ enum Kind {
 /// The body sent to the client.
 pub struct ResponseBody {
     kind: Kind,
-    guard: Option<Guard>,
+    rec: Option<Record>,
     /// The upstream body's exact length, when known: once that much has passed the request is
     /// recorded, even if the upstream signals its end only in a later (empty) frame, which
     /// hyper may poll for only after the client has the last byte.
@@ -291,24 +291,24 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: UpstreamBody, guard: Guard) -> ResponseBody {
+    pub fn upstream(inner: UpstreamBody, rec: Record) -> ResponseBody {
         ResponseBody {
             expect: inner.size_hint().exact(),
             kind: Kind::Upstream(inner),
-            guard: Some(guard),
+            rec: Some(rec),
         }
     }
 
     /// A body held in memory. `head`: the answer to a HEAD request, which hyper sends
     /// without its body (the length still goes out), so none of it is counted as sent.
-    pub fn full(bytes: Bytes, guard: Option<Guard>, head: bool) -> ResponseBody {
-        let mut guard = guard;
-        if let Some(g) = guard.as_mut() {
+    pub fn full(bytes: Bytes, rec: Option<Record>, head: bool) -> ResponseBody {
+        let mut rec = rec;
+        if let Some(g) = rec.as_mut() {
             g.outcome.bytes_out = if head { 0 } else { bytes.len() as u64 };
         }
         ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
-            guard,
+            rec,
             expect: None,
         }
     }
@@ -316,7 +316,7 @@ impl ResponseBody {
     pub fn empty() -> ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
-            guard: None,
+            rec: None,
             expect: None,
         }
     }
@@ -325,7 +325,7 @@ impl ResponseBody {
 impl ResponseBody {
     /// The upstream response was read to its end: record, and let the connection be reused.
     fn finish_upstream(&mut self) {
-        if let Some(mut g) = self.guard.take() {
+        if let Some(mut g) = self.rec.take() {
             if let Kind::Upstream(UpstreamBody::H1(b)) = &mut self.kind {
                 g.conn = b.take_reusable();
             }
@@ -358,18 +358,18 @@ impl Body for ResponseBody {
             Kind::Full(b) => match b.take() {
                 Some(bytes) => {
                     // The only frame: record before the client can have it.
-                    this.guard = None;
+                    this.rec = None;
                     Poll::Ready(Some(Ok(Frame::data(bytes))))
                 }
                 None => {
-                    this.guard = None;
+                    this.rec = None;
                     Poll::Ready(None)
                 }
             },
             Kind::Upstream(inner) => match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     let mut sent = None;
-                    if let (Some(d), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
+                    if let (Some(d), Some(g)) = (frame.data_ref(), this.rec.as_mut()) {
                         g.outcome.bytes_out += d.len() as u64;
                         sent = Some(g.outcome.bytes_out);
                     }
@@ -380,10 +380,10 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Some(Err(e)) => {
-                    if let Some(g) = this.guard.as_mut() {
+                    if let Some(g) = this.rec.as_mut() {
                         g.outcome.failure = Some(crate::error::UpstreamFailure::Reset);
                     }
-                    this.guard = None;
+                    this.rec = None;
                     Poll::Ready(Some(Err(e)))
                 }
                 None => {

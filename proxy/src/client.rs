@@ -5,7 +5,7 @@
 //! Why not `hyper_util`'s pooled client: it checks connections out through a shared map keyed
 //! by URI, and spawns a task per request just to put the connection back when the response is
 //! done. Here a worker's pool is touched only by that worker (its mutex is never contended), an
-//! HTTP/1 connection goes back from the response body's end (see `body::Guard`), and an
+//! HTTP/1 connection goes back from the response body's end (see `body::Record`), and an
 //! HTTP/2 connection is shared by every request of the worker to that endpoint.
 //!
 //! A pooled HTTP/1 connection may have been closed by the upstream while idle; when the codec

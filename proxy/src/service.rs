@@ -2,12 +2,12 @@
 //!
 //! One function, [`handle`], per request. It loads the snapshot once, so the whole request
 //! runs against one consistent config + policy. Recording happens in the response body's
-//! [`Guard`] when the last byte has gone out (or the client left), off the critical path of
+//! [`Record`] when the last byte has gone out (or the client left), off the critical path of
 //! the response headers.
 
 use crate::access_log::{AccessLog, RequestInfo};
 use crate::balance::hash::mix64;
-use crate::body::{client_fault, ClientFault, Guard, RequestBody, ResponseBody, ScopeRef};
+use crate::body::{client_fault, ClientFault, Record, RequestBody, ResponseBody, ScopeRef};
 use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -90,20 +90,20 @@ fn elapsed_us(shared: &Shared, t0: Nanos) -> f64 {
     shared.clock.now().saturating_since(t0).as_nanos() as f64 / 1e3
 }
 
-/// A JSON error response, recorded through `guard`.
+/// A JSON error response, recorded through `rec`.
 fn error_response(
     err: &ProxyError,
     rid: &HeaderValue,
-    mut guard: Guard,
+    mut rec: Record,
     latency_us: f64,
     head: bool,
 ) -> Response<ResponseBody> {
-    guard.outcome.status = err.status().as_u16();
-    guard.outcome.failure = guard.outcome.failure.or(err.upstream_failure());
-    guard.outcome.latency_us = latency_us;
-    crate::error::log_answer(err, rid.to_str().unwrap_or(""), guard.now_secs());
+    rec.outcome.status = err.status().as_u16();
+    rec.outcome.failure = rec.outcome.failure.or(err.upstream_failure());
+    rec.outcome.latency_us = latency_us;
+    crate::error::log_answer(err, rid.to_str().unwrap_or(""), rec.now_secs());
     let body = err.json_body(rid.to_str().ok());
-    let mut resp = Response::new(ResponseBody::full(body, Some(guard), head));
+    let mut resp = Response::new(ResponseBody::full(body, Some(rec), head));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -134,20 +134,20 @@ impl Local<'_> {
         access: Option<Box<RequestInfo>>,
     ) -> Response<ResponseBody> {
         let latency = elapsed_us(&self.w.shared, self.t0);
-        let mut guard = Guard::local(
+        let mut rec = Record::local(
             self.snap.clone(),
             scope,
             self.w.id,
             Outcome::new(0, latency),
         );
-        guard.access = access;
-        error_response(&err, self.rid, guard, latency, self.head)
+        rec.access = access;
+        error_response(&err, self.rid, rec, latency, self.head)
     }
 
     /// Answer a routed request locally, through its route-scope record `request`.
     fn answer(
         &self,
-        mut request: Guard,
+        mut request: Record,
         err: ProxyError,
         access: Option<Box<RequestInfo>>,
     ) -> Response<ResponseBody> {
@@ -227,7 +227,7 @@ pub async fn handle(
     RequestInfo::route(&mut access, ri);
     // The request as its client sees it, in the route's scope; each try is recorded in its
     // endpoint's.
-    let request = Guard::start(snap.clone(), route_scope, w.id);
+    let request = Record::start(snap.clone(), route_scope, w.id);
 
     if let Some(len) = content_length(req.headers()) {
         if len > route.cfg.max_body_bytes {
@@ -354,13 +354,13 @@ pub async fn handle(
         b.count_into(RequestInfo::count_body(&mut access));
         b
     });
-    let (mut guard, mut resp, try_us, latency_us) = loop {
+    let (mut rec, mut resp, try_us, latency_us) = loop {
         let ei = next.endpoint;
         let scope = ScopeRef::Endpoint {
             route: ri as u32,
             endpoint: ei as u32,
         };
-        let mut guard = Guard::start(snap.clone(), scope, w.id);
+        let mut rec = Record::start(snap.clone(), scope, w.id);
         let endpoint = &route.endpoints[ei];
         let span = tracing::debug_span!(
             "request",
@@ -392,14 +392,14 @@ pub async fn handle(
                 let status = resp.status().as_u16();
                 match flow.answered(route, status, now, &mut rng) {
                     Next::Backoff { until } => {
-                        guard.outcome.status = status;
-                        guard.outcome.upstream_status = Some(status);
-                        guard.outcome.latency_us = try_us;
-                        drop((guard, resp));
+                        rec.outcome.status = status;
+                        rec.outcome.upstream_status = Some(status);
+                        rec.outcome.latency_us = try_us;
+                        drop((rec, resp));
                         next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
                         continue;
                     }
-                    Next::Deliver | Next::Fail(_) => break (guard, resp, try_us, latency_us),
+                    Next::Deliver | Next::Fail(_) => break (rec, resp, try_us, latency_us),
                 }
             }
             Ok(Err(e)) => match e {
@@ -411,9 +411,9 @@ pub async fn handle(
                             ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
                             ClientFault::Broken(detail) => ProxyError::BadRequest(detail),
                         };
-                        guard.carry(access, flow.tries());
-                        guard.answers(request, latency_us);
-                        return error_response(&err, &rid, guard, try_us, head_req);
+                        rec.carry(access, flow.tries());
+                        rec.answers(request, latency_us);
+                        return error_response(&err, &rid, rec, try_us, head_req);
                     }
                     (
                         TryFailure::Reset,
@@ -440,23 +440,23 @@ pub async fn handle(
             ),
         };
         if let Next::Backoff { until } = flow.failed(route, failure, replayable, now, &mut rng) {
-            guard.outcome.status = err.status().as_u16();
-            guard.outcome.failure = err.upstream_failure();
-            guard.outcome.latency_us = try_us;
-            drop(guard);
+            rec.outcome.status = err.status().as_u16();
+            rec.outcome.failure = err.upstream_failure();
+            rec.outcome.latency_us = try_us;
+            drop(rec);
             next = wait::backoff(&mut flow, route, until, &*shared.clock).await;
             continue;
         }
-        guard.carry(access, flow.tries());
-        guard.answers(request, latency_us);
-        return error_response(&err, &rid, guard, try_us, head_req);
+        rec.carry(access, flow.tries());
+        rec.answers(request, latency_us);
+        return error_response(&err, &rid, rec, try_us, head_req);
     };
 
     let status = resp.status().as_u16();
-    guard.outcome.status = status;
-    guard.outcome.upstream_status = Some(status);
-    guard.outcome.latency_us = try_us;
-    guard.answers(request, latency_us);
+    rec.outcome.status = status;
+    rec.outcome.upstream_status = Some(status);
+    rec.outcome.latency_us = try_us;
+    rec.answers(request, latency_us);
 
     let switching = status == 101;
     if switching {
@@ -476,10 +476,10 @@ pub async fn handle(
     headers::strip_hop_by_hop(h, switching);
     headers::apply_ops(h, &route.cfg.response_headers);
     h.insert(&X_REQUEST_ID, rid);
-    guard.permit = flow.take_permit();
-    guard.carry(access, flow.tries());
+    rec.permit = flow.take_permit();
+    rec.carry(access, flow.tries());
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, ResponseBody::upstream(body, guard))
+    Response::from_parts(parts, ResponseBody::upstream(body, rec))
 }
 
 /// Relay bytes both ways once both sides have switched protocols.

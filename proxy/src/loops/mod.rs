@@ -1,6 +1,6 @@
 //! The control thread's loops, and their supervision.
 //!
-//! - [`guard`]: drives the decision core's control step and performs health checks.
+//! - [`control`]: drives the decision core's control step and performs health checks.
 //! - [`lease`]: leases tokens of global rate limits from the shared store.
 //! - [`telemetry`]: closes one telemetry batch per aligned tick.
 //! - [`reload`]: config reloads (SIGHUP, file change, admin API).
@@ -13,7 +13,7 @@
 //! API's `POST /api/v1/debug/faults` arms a loop to panic at its next checkpoint, and keeps it
 //! panicking on every restart until disarmed.
 
-pub mod guard;
+pub mod control;
 pub mod lease;
 pub mod reload;
 pub mod telemetry;
@@ -29,18 +29,18 @@ pub enum Loop {
     /// Telemetry windows and pool sweeps.
     Telemetry = 0,
     /// The control step: health checks, sweeps, adaptive limits.
-    Guard = 1,
+    Control = 1,
     /// Global rate limit leases.
     Lease = 2,
 }
 
 impl Loop {
-    pub const ALL: [Loop; 3] = [Loop::Telemetry, Loop::Guard, Loop::Lease];
+    pub const ALL: [Loop; 3] = [Loop::Telemetry, Loop::Control, Loop::Lease];
 
     pub fn name(self) -> &'static str {
         match self {
             Loop::Telemetry => "telemetry",
-            Loop::Guard => "guard",
+            Loop::Control => "control",
             Loop::Lease => "lease",
         }
     }

@@ -10,30 +10,47 @@
 //! `Transfer-Encoding` wins over `Content-Length` (which is then dropped, since it lies);
 //! conflicting `Content-Length` values are an invalid response; anything else is read to EOF
 //! and the connection is not reused.
+//!
+//! Layout: this module sends requests ([`Conn::send`]) and holds the connection; [`head`]
+//! parses response heads, [`framing`] delimits and decodes bodies, [`body`] is the response
+//! body the listener side polls.
+
+mod body;
+mod framing;
+mod head;
 
 use crate::body::{BoxError, RequestBody};
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Body as _, Frame, SizeHint};
+pub use body::Body;
+use bytes::{Bytes, BytesMut};
+pub(crate) use framing::*;
+pub(crate) use head::*;
+use http::header;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body as _, Frame};
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest response head (status line + headers) accepted from an upstream.
-const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+
 /// Most headers in a response head.
-const MAX_HEADERS: usize = 128;
+pub(super) const MAX_HEADERS: usize = 128;
+
 /// Read size while a body is streamed.
 pub(crate) const READ_BODY_CHUNK: usize = READ_BODY;
+
 /// Longest chunk-size line (size, extensions, CRLF).
-const MAX_CHUNK_LINE: usize = 4096;
+pub(super) const MAX_CHUNK_LINE: usize = 4096;
+
 /// Writes are gathered up to this size before going to the socket.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
-const READ_HEAD: usize = 8 * 1024;
-const READ_BODY: usize = 32 * 1024;
+pub(super) const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+pub(super) const READ_HEAD: usize = 8 * 1024;
+
+pub(super) const READ_BODY: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
@@ -333,7 +350,7 @@ impl Conn {
     }
 }
 
-fn fail(error: H1Error, unsent: Option<Request<RequestBody>>) -> SendFailure {
+pub(super) fn fail(error: H1Error, unsent: Option<Request<RequestBody>>) -> SendFailure {
     SendFailure { error, unsent }
 }
 
@@ -346,7 +363,11 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
 }
 
 /// Write the request line and headers. Returns whether the body goes chunked.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
+pub(super) fn encode_head(
+    parts: &http::request::Parts,
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> bool {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -378,7 +399,7 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
 }
 
 /// Append one body frame. Returns true when the body has ended.
-fn encode_frame(
+pub(super) fn encode_frame(
     frame: Option<Result<Frame<Bytes>, BoxError>>,
     chunked: bool,
     out: &mut Vec<u8>,
@@ -427,503 +448,11 @@ fn encode_frame(
     }
 }
 
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-}
-
-/// A response head as bytes plus where its parts are: what the fast path copies from.
-pub(crate) struct RawHead {
-    pub bytes: Bytes,
-    pub status: u16,
-    pub http11: bool,
-    pub reason: (usize, usize),
-    /// (name start, name end, value start, value end) per field, in order.
-    pub fields: Vec<(usize, usize, usize, usize)>,
-}
-
-impl RawHead {
-    pub fn name(&self, f: &(usize, usize, usize, usize)) -> &[u8] {
-        &self.bytes[f.0..f.1]
-    }
-    pub fn value(&self, f: &(usize, usize, usize, usize)) -> &[u8] {
-        &self.bytes[f.2..f.3]
-    }
-    /// Values of the fields called `name` (lowercase), in order.
-    pub fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
-        self.fields
-            .iter()
-            .filter(move |f| self.name(f).eq_ignore_ascii_case(name.as_bytes()))
-            .map(move |f| self.value(f))
-    }
-}
-
-/// Parse a response head from the front of `buf`, consuming it. `None`: not complete yet.
-fn parse_raw_head(buf: &mut BytesMut) -> Result<Option<RawHead>, H1Error> {
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
-    {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(H1Error::Invalid("more than 128 headers"))
-        }
-        Err(_) => return Err(H1Error::Invalid("malformed status line or header")),
-    };
-    let status = resp
-        .code
-        .filter(|c| (100..=999).contains(c))
-        .ok_or(H1Error::Invalid("bad status code"))?;
-    let base = buf.as_ptr() as usize;
-    let at = |p: *const u8| p as usize - base;
-    let reason = resp.reason.unwrap_or("");
-    let reason = (at(reason.as_ptr()), at(reason.as_ptr()) + reason.len());
-    let fields = resp
-        .headers
-        .iter()
-        .map(|h| {
-            let (n, v) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
-    Ok(Some(RawHead {
-        http11: resp.version != Some(0),
-        bytes: buf.split_to(len).freeze(),
-        status,
-        reason,
-        fields,
-    }))
-}
-
-/// Parse a response head into `http` types (see [`parse_raw_head`]).
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
-    let Some(raw) = parse_raw_head(buf)? else {
-        return Ok(None);
-    };
-    let status =
-        StatusCode::from_u16(raw.status).map_err(|_| H1Error::Invalid("bad status code"))?;
-    let mut headers = HeaderMap::with_capacity(raw.fields.len());
-    for f in &raw.fields {
-        let name =
-            HeaderName::from_bytes(raw.name(f)).map_err(|_| H1Error::Invalid("bad header name"))?;
-        // Values share the head's buffer instead of being copied one by one.
-        let value = HeaderValue::from_maybe_shared(raw.bytes.slice(f.2..f.3))
-            .map_err(|_| H1Error::Invalid("bad header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some(Head {
-        status,
-        version: if raw.http11 {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        },
-        headers,
-    }))
-}
-
-/// How the response body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decode {
-    Length(u64),
-    Chunked(Chunk),
-    Eof,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-}
-
-fn framing(head_req: bool, status: StatusCode, headers: &mut HeaderMap) -> Result<Decode, H1Error> {
-    let te = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|v| v.as_bytes());
-    let d = framing_raw(
-        head_req,
-        status.as_u16(),
-        te,
-        headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .map(|v| v.as_bytes()),
-    )?;
-    if te.is_some() {
-        // A message with both is a smuggling attempt or a broken server: the length lies.
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    Ok(d)
-}
-
-/// Framing from the raw fields: `te_last` is the last Transfer-Encoding field, `lengths`
-/// every Content-Length field.
-pub(crate) fn framing_raw<'a>(
-    head_req: bool,
-    status: u16,
-    te_last: Option<&[u8]>,
-    lengths: impl Iterator<Item = &'a [u8]>,
-) -> Result<Decode, H1Error> {
-    if head_req || status == 204 || status == 304 {
-        return Ok(Decode::Length(0));
-    }
-    if let Some(te) = te_last {
-        let last = te.rsplit(|b| *b == b',').next().map(|c| c.trim_ascii());
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Decode::Chunked(Chunk::Size),
-            _ => Decode::Eof,
-        });
-    }
-    let mut len: Option<u64> = None;
-    for v in lengths {
-        for part in v.split(|b| *b == b',') {
-            let n =
-                parse_decimal(part.trim_ascii()).ok_or(H1Error::Invalid("bad content-length"))?;
-            if len.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting content-length values"));
-            }
-            len = Some(n);
-        }
-    }
-    Ok(len.map_or(Decode::Eof, Decode::Length))
-}
-
-/// 1*DIGIT as u64: no sign, no spaces (`u64::from_str` would take "+5").
-pub(crate) fn parse_decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 || !b.iter().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    b.iter().try_fold(0u64, |n, c| {
-        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-    })
-}
-
-/// Whether a comma-separated header value lists `token`.
-pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    keep_alive_raw(
-        version == Version::HTTP_11,
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes()),
-    )
-}
-
-pub(crate) fn keep_alive_raw<'a>(
-    http11: bool,
-    mut connection: impl Iterator<Item = &'a [u8]>,
-) -> bool {
-    if http11 {
-        !connection.any(|v| has_token(v, "close"))
-    } else {
-        connection.any(|v| has_token(v, "keep-alive"))
-    }
-}
-
-enum State {
-    Reading {
-        conn: Conn,
-        decode: Decode,
-        keep_alive: bool,
-    },
-    Upgraded(Upgraded),
-    /// The body ended; the connection, if it can serve another request.
-    Done(Option<Conn>),
-}
-
-/// A response body read from an upstream HTTP/1.1 connection.
-pub struct Body {
-    state: State,
-}
-
-impl Body {
-    fn new(conn: Conn, decode: Decode, keep_alive: bool) -> Body {
-        let state = if decode == Decode::Length(0) {
-            State::Done(keep_alive_done(conn, keep_alive))
-        } else {
-            State::Reading {
-                conn,
-                decode,
-                keep_alive,
-            }
-        };
-        Body { state }
-    }
-
-    fn upgraded(u: Upgraded) -> Body {
-        Body {
-            state: State::Upgraded(u),
-        }
-    }
-
-    /// The connection of a 101 response, for the tunnel.
-    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
-        match std::mem::replace(&mut self.state, State::Done(None)) {
-            State::Upgraded(u) => Some(u),
-            other => {
-                self.state = other;
-                None
-            }
-        }
-    }
-
-    /// The connection, once the body was read to its end and the connection may be reused.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
-        match &mut self.state {
-            State::Done(c) => c.take(),
-            _ => None,
-        }
-    }
-}
-
-fn keep_alive_done(conn: Conn, keep_alive: bool) -> Option<Conn> {
-    // Bytes beyond the response mean the upstream does not frame its messages the way we
-    // read them: never put such a connection back.
-    (keep_alive && conn.buf.is_empty()).then_some(conn)
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = H1Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let this = self.get_mut();
-        loop {
-            let State::Reading { conn, decode, .. } = &mut this.state else {
-                return Poll::Ready(None);
-            };
-            match decode_step(decode, &mut conn.buf) {
-                Err(e) => {
-                    this.state = State::Done(None);
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(Step::Data(d)) => {
-                    if *decode == Decode::Length(0) {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Ok(Step::Trailers(t)) => {
-                    this.finish();
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                }
-                Ok(Step::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(Step::NeedMore) => {
-                    let want = match decode {
-                        Decode::Length(n) => (*n as usize).clamp(1, READ_BODY),
-                        _ => READ_BODY,
-                    };
-                    conn.buf.reserve(want);
-                    let n = match ready!(tokio_util::io::poll_read_buf(
-                        Pin::new(&mut conn.io),
-                        cx,
-                        &mut conn.buf
-                    )) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            this.state = State::Done(None);
-                            return Poll::Ready(Some(Err(H1Error::Read(e))));
-                        }
-                    };
-                    if n == 0 {
-                        let eof_ends = *decode == Decode::Eof;
-                        this.state = State::Done(None);
-                        return Poll::Ready(if eof_ends {
-                            None
-                        } else {
-                            Some(Err(H1Error::ClosedInBody))
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done(_) | State::Upgraded(_))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.state {
-            State::Reading {
-                decode: Decode::Length(n),
-                ..
-            } => SizeHint::with_exact(*n),
-            State::Reading { .. } => SizeHint::default(),
-            _ => SizeHint::with_exact(0),
-        }
-    }
-}
-
-impl Body {
-    fn finish(&mut self) {
-        if let State::Reading {
-            conn, keep_alive, ..
-        } = std::mem::replace(&mut self.state, State::Done(None))
-        {
-            self.state = State::Done(keep_alive_done(conn, keep_alive));
-        }
-    }
-}
-
-pub(crate) enum Step {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    NeedMore,
-}
-
-/// Take the next piece of body out of `buf`.
-pub(crate) fn decode_step(decode: &mut Decode, buf: &mut BytesMut) -> Result<Step, H1Error> {
-    match decode {
-        Decode::Length(0) => Ok(Step::End),
-        Decode::Length(n) => {
-            if buf.is_empty() {
-                return Ok(Step::NeedMore);
-            }
-            let k = (*n).min(buf.len() as u64) as usize;
-            *n -= k as u64;
-            Ok(Step::Data(buf.split_to(k).freeze()))
-        }
-        Decode::Eof => {
-            if buf.is_empty() {
-                Ok(Step::NeedMore)
-            } else {
-                Ok(Step::Data(buf.split().freeze()))
-            }
-        }
-        Decode::Chunked(state) => loop {
-            match state {
-                Chunk::Size => {
-                    let Some(eol) = find_crlf(buf, MAX_CHUNK_LINE)? else {
-                        return Ok(Step::NeedMore);
-                    };
-                    let size = parse_chunk_size(&buf[..eol])?;
-                    buf.advance(eol + 2);
-                    *state = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Chunk::Data(n) => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    let k = (*n).min(buf.len() as u64) as usize;
-                    *n -= k as u64;
-                    if *n == 0 {
-                        *state = Chunk::DataEnd;
-                    }
-                    return Ok(Step::Data(buf.split_to(k).freeze()));
-                }
-                Chunk::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Step::NeedMore);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(H1Error::Invalid("chunk data not followed by CRLF"));
-                    }
-                    buf.advance(2);
-                    *state = Chunk::Size;
-                }
-                Chunk::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        *decode = Decode::Length(0);
-                        return Ok(Step::End);
-                    }
-                    // Trailer fields end with an empty line; parse them all at once.
-                    let Some(end) = find_subslice(buf, b"\r\n\r\n") else {
-                        if buf.len() > MAX_HEAD {
-                            return Err(H1Error::HeadTooLarge);
-                        }
-                        return Ok(Step::NeedMore);
-                    };
-                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let trailers = match httparse::parse_headers(&buf[..end + 4], &mut slots) {
-                        Ok(httparse::Status::Complete((_, hs))) => {
-                            let mut map = HeaderMap::with_capacity(hs.len());
-                            for h in hs {
-                                if let (Ok(n), Ok(v)) = (
-                                    HeaderName::from_bytes(h.name.as_bytes()),
-                                    HeaderValue::from_bytes(h.value),
-                                ) {
-                                    map.append(n, v);
-                                }
-                            }
-                            map
-                        }
-                        _ => return Err(H1Error::Invalid("malformed trailers")),
-                    };
-                    buf.advance(end + 4);
-                    *decode = Decode::Length(0);
-                    return Ok(Step::Trailers(trailers));
-                }
-            }
-        },
-    }
-}
-
-/// Position of the first CRLF, if within `max` bytes.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, H1Error> {
-    match find_subslice(buf, b"\r\n") {
-        Some(i) if i <= max => Ok(Some(i)),
-        Some(_) => Err(H1Error::Invalid("chunk-size line too long")),
-        None if buf.len() > max => Err(H1Error::Invalid("chunk-size line too long")),
-        None => Ok(None),
-    }
-}
-
-fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `1a;ext=1` → 26. Hex digits, then optional extensions, which are ignored.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err(H1Error::Invalid("bad chunk size"));
-    }
-    let rest = &line[digits..];
-    let rest_ok = rest.is_empty()
-        || rest
-            .iter()
-            .find(|b| **b != b' ' && **b != b'\t')
-            .is_some_and(|b| *b == b';');
-    if !rest_ok {
-        return Err(H1Error::Invalid("bad chunk size"));
-    }
-    let s = std::str::from_utf8(&line[..digits]).map_err(|_| H1Error::Invalid("bad chunk size"))?;
-    u64::from_str_radix(s, 16).map_err(|_| H1Error::Invalid("bad chunk size"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{HeaderMap, HeaderValue};
+    use http::Version;
     use http_body_util::BodyExt;
     use proptest::prelude::*;
     use tokio::io::AsyncReadExt;

@@ -16,7 +16,7 @@ const STEP: Duration = Duration::from_millis(20);
 
 /// The control thread's driver of [`Control::tick`]: every [`STEP`], the step on the current
 /// snapshot, then the health checks it says are due, each in its own task.
-pub async fn guard_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let workers = shared.config().proxy.workers;
     let mut control = Control::new(shared.seed, workers);
     let mut checks = Vec::new();
@@ -26,7 +26,7 @@ pub async fn guard_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => break,
             _ = step.tick() => {
-                shared.loops.checkpoint(crate::loops::Loop::Guard);
+                shared.loops.checkpoint(crate::loops::Loop::Control);
                 let snap = shared.snapshot.load_full();
                 let views = cluster_views(&snap);
                 let limiters = shared.registries.limits.limiters();
