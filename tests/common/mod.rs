@@ -114,6 +114,23 @@ pub fn sum_samples(metrics: &str, name: &str, want: &[&str]) -> f64 {
         .sum()
 }
 
+/// `/metrics` text shows no client request answered 5xx, no 5xx try and no failed try.
+pub fn assert_nothing_against_upstreams(m: &str) {
+    for (family, want) in [
+        (
+            "vivremotion_proxy_requests_total",
+            &["code_class=\"5xx\""][..],
+        ),
+        (
+            "vivremotion_proxy_upstream_tries_total",
+            &["code_class=\"5xx\""][..],
+        ),
+        ("vivremotion_proxy_upstream_errors_total", &[][..]),
+    ] {
+        assert_eq!(sum_samples(m, family, want), 0.0, "{family} {want:?}:\n{m}");
+    }
+}
+
 /// The text of the `/metrics` page at `url`.
 pub async fn fetch_metrics(url: &str) -> String {
     let r = get(&http1_client(), url).await.unwrap();

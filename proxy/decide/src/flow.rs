@@ -161,6 +161,51 @@ pub enum TryFailure {
 }
 
 impl RouteCore {
+    /// A route of one worker over endpoints `names` of cluster `c`, without a config: what the
+    /// simulator's scenarios and the tests drive. Outlier settings are the defaults; no rate
+    /// limits.
+    pub fn standalone(
+        names: &[&str],
+        balancer: Balancer,
+        retry: RetryConfig,
+        timeout: Duration,
+        concurrency: Option<Arc<crate::limits::concurrency::ConcurrencyLimiter>>,
+        now: Nanos,
+    ) -> RouteCore {
+        use vivremotion_protocol::telemetry::Scope;
+        let scope = |upstream: Option<&str>| {
+            Arc::new(ScopeStats::new(
+                Scope {
+                    route: "r".into(),
+                    cluster: Some("c".into()),
+                    upstream: upstream.map(str::to_string),
+                },
+                1,
+            ))
+        };
+        let ms = Duration::from_millis;
+        RouteCore {
+            endpoints: names
+                .iter()
+                .map(|n| Arc::new(EndpointState::new("c", n, ms(10), ms(100), now)))
+                .collect(),
+            stats: names.iter().map(|n| scope(Some(n))).collect(),
+            route_stats: scope(None),
+            balancer,
+            outlier: OutlierConfig::default(),
+            budgets: Arc::new(RetryBudgets::new(1, retry.budget())),
+            retry,
+            timeout,
+            limits: RouteLimits {
+                route: "r".into(),
+                rate: Box::new([]),
+                concurrency,
+                retry_after: Duration::from_secs(1),
+                lease_interval: ms(50),
+            },
+        }
+    }
+
     /// Choose an endpoint for the next try: the balancer's pick, passing over endpoints whose
     /// breaker refuses. Returns the endpoint and whether it goes as a half-open probe.
     pub fn choose<R: Rng + ?Sized>(
@@ -602,21 +647,9 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
     use vivremotion_protocol::clock::ManualClock;
-    use vivremotion_protocol::telemetry::Scope;
     use vivremotion_protocol::Clock;
 
     const MS: Duration = Duration::from_millis(1);
-
-    fn scope(upstream: Option<&str>) -> Arc<ScopeStats> {
-        Arc::new(ScopeStats::new(
-            Scope {
-                route: "r".into(),
-                cluster: Some("c".into()),
-                upstream: upstream.map(str::to_string),
-            },
-            1,
-        ))
-    }
 
     /// A route over endpoints `a` and `b` (round robin), retrying 503 once after 10 ms, and
     /// a concurrency limit of one with a queue of one waiting up to 50 ms.
@@ -648,26 +681,9 @@ mod tests {
                 shed_at: [1.0, 1.0, 1.0],
             },
         );
-        RouteCore {
-            endpoints: names
-                .iter()
-                .map(|n| Arc::new(EndpointState::new("c", n, 10 * MS, 10 * MS, clock.now())))
-                .collect(),
-            stats: names.iter().map(|n| scope(Some(n))).collect(),
-            route_stats: scope(None),
-            balancer: Balancer::new(BalancerKind::RoundRobin, &names, &[1, 1], 1),
-            outlier: OutlierConfig::default(),
-            budgets: Arc::new(RetryBudgets::new(1, retry.budget())),
-            retry,
-            timeout: Duration::from_secs(5),
-            limits: RouteLimits {
-                route: "r".into(),
-                rate: Box::new([]),
-                concurrency: Some(limiter),
-                retry_after: Duration::from_secs(1),
-                lease_interval: Duration::from_millis(50),
-            },
-        }
+        let balancer = Balancer::new(BalancerKind::RoundRobin, &names, &[1, 1], 1);
+        let timeout = Duration::from_secs(5);
+        RouteCore::standalone(&names, balancer, retry, timeout, Some(limiter), clock.now())
     }
 
     fn request() -> Request {

@@ -8,14 +8,11 @@
 
 use crate::balance::{Balancer, BalancerKind};
 use crate::control::{Check, ClusterView, Control};
-use crate::endpoint::EndpointState;
-use crate::flow::{Next, Request, RequestFlow, RetryBudgets, RetryConfig, RetryOn, RouteCore};
+use crate::flow::{Next, Request, RequestFlow, RetryConfig, RetryOn, RouteCore};
 use crate::flow::{Start, Try};
 use crate::guard::gradient::GradientConfig;
 use crate::guard::outlier::OutlierConfig;
 use crate::limits::concurrency::{ConcurrencyLimiter, Params, WaitState};
-use crate::limits::RouteLimits;
-use crate::telemetry::recorder::ScopeStats;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -25,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use vivremotion_protocol::clock::ManualClock;
-use vivremotion_protocol::telemetry::{Priority, Scope};
+use vivremotion_protocol::telemetry::Priority;
 use vivremotion_protocol::{Clock, Nanos};
 
 const ENDPOINTS: [(&str, f64, f64); 3] =
@@ -64,17 +61,6 @@ fn forward(core: &RouteCore, t: Try, i: usize, now: Nanos, world: &mut SmallRng,
     );
 }
 
-fn scope(upstream: Option<&str>) -> Arc<ScopeStats> {
-    Arc::new(ScopeStats::new(
-        Scope {
-            route: "r".into(),
-            cluster: Some("c".into()),
-            upstream: upstream.map(str::to_string),
-        },
-        1,
-    ))
-}
-
 fn core(clock: &ManualClock) -> RouteCore {
     let names: Vec<&str> = ENDPOINTS.iter().map(|e| e.0).collect();
     let retry = RetryConfig {
@@ -104,29 +90,15 @@ fn core(clock: &ManualClock) -> RouteCore {
         },
     );
     let ms = Duration::from_millis;
-    RouteCore {
-        endpoints: names
-            .iter()
-            .map(|n| Arc::new(EndpointState::new("c", n, ms(10), ms(100), clock.now())))
-            .collect(),
-        stats: names.iter().map(|n| scope(Some(n))).collect(),
-        route_stats: scope(None),
-        balancer: Balancer::new(BalancerKind::P2cPeakEwma, &names, &[1, 1, 1], 1),
-        outlier: OutlierConfig {
-            interval: ms(500),
-            ..OutlierConfig::default()
-        },
-        budgets: Arc::new(RetryBudgets::new(1, retry.budget())),
-        retry,
-        timeout: Duration::from_secs(2),
-        limits: RouteLimits {
-            route: "r".into(),
-            rate: Box::new([]),
-            concurrency: Some(limiter),
-            retry_after: Duration::from_secs(1),
-            lease_interval: ms(50),
-        },
-    }
+    let balancer = Balancer::new(BalancerKind::P2cPeakEwma, &names, &[1, 1, 1], 1);
+    let timeout = Duration::from_secs(2);
+    let mut core =
+        RouteCore::standalone(&names, balancer, retry, timeout, Some(limiter), clock.now());
+    core.outlier = OutlierConfig {
+        interval: ms(500),
+        ..OutlierConfig::default()
+    };
+    core
 }
 
 /// Run `n` requests with `seed` and write one line per decision to `out`.
