@@ -106,11 +106,24 @@ pub struct Admission {
     pub shed: PerPriority,
 }
 
+/// Retries by the failure of the try before them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryReasons {
+    pub connect: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    /// The upstream answered a status the route retries (502, 503, 504 as configured).
+    pub status: u64,
+}
+
 /// What the data plane's own protection did in the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resilience {
     /// Tries after the first (route scope).
     pub retries: u64,
+    /// The same, by reason (route scope).
+    #[serde(default)]
+    pub retry_reasons: RetryReasons,
     /// Retries refused because the retry budget was spent (route scope).
     pub retry_budget_exhausted: u64,
     /// Outlier ejections (endpoint scope).

@@ -605,6 +605,13 @@ impl RequestFlow {
         self.input.now = now;
         let next = core.choose(&mut self.input, rng).ok()?;
         core.route_stats.add(worker, Ctr::Retries, 1);
+        let why = match failure {
+            TryFailure::Connect => Ctr::RetryConnect,
+            TryFailure::Reset => Ctr::RetryReset,
+            TryFailure::Timeout => Ctr::RetryTimeout,
+            TryFailure::Status(_) => Ctr::RetryStatus,
+        };
+        core.route_stats.add(worker, why, 1);
         self.next = Some(next);
         Some(Next::Backoff { until })
     }
@@ -743,9 +750,12 @@ mod tests {
         assert_eq!(core.endpoints[second.endpoint].consecutive_failures(), 0);
         assert_eq!(flow.tries(), 2);
 
-        // Counted where it happened: one admission and one retry on the route.
-        let route = core.route_stats.totals().get(Ctr::Retries);
-        assert_eq!(route, 1);
+        // Counted where it happened: one admission and one retry (for a status) on the route.
+        let route = core.route_stats.totals();
+        assert_eq!(
+            (route.get(Ctr::Retries), route.get(Ctr::RetryStatus)),
+            (1, 1)
+        );
         assert_eq!(
             core.route_stats
                 .totals()

@@ -116,6 +116,26 @@ pub fn render_scopes(out: &mut String, scopes: &[Arc<ScopeStats>]) {
         }
     }
 
+    let _ = writeln!(out, "# HELP vivremotion_proxy_retry_reasons_total Retries by the failure of the try before them: connect, reset, timeout, or a status the route retries.");
+    let _ = writeln!(out, "# TYPE vivremotion_proxy_retry_reasons_total counter");
+    for (l, k, t) in &totals {
+        if *k != Kind::Route {
+            continue;
+        }
+        for (reason, c) in [
+            ("connect", Ctr::RetryConnect),
+            ("reset", Ctr::RetryReset),
+            ("timeout", Ctr::RetryTimeout),
+            ("status", Ctr::RetryStatus),
+        ] {
+            let _ = writeln!(
+                out,
+                "vivremotion_proxy_retry_reasons_total{{{l},reason=\"{reason}\"}} {}",
+                t.get(c)
+            );
+        }
+    }
+
     let _ = writeln!(out, "# HELP vivremotion_proxy_admission_total Admission decisions by route, priority and outcome (admitted; limited: 429 by a rate limit; shed: 503 by the concurrency limit).");
     let _ = writeln!(out, "# TYPE vivremotion_proxy_admission_total counter");
     for (l, k, t) in &totals {

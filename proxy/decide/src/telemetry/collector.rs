@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use vivremotion_protocol::sketch::{bucket_value, LatencySketch};
 use vivremotion_protocol::telemetry::{
-    Admission, ErrorCounts, InForce, PerPriority, Priority, Scope, StatusCounts, Telemetry,
-    TelemetryBatch,
+    Admission, ErrorCounts, InForce, PerPriority, Priority, RetryReasons, Scope, StatusCounts,
+    Telemetry, TelemetryBatch,
 };
 use vivremotion_protocol::SCHEMA_VERSION;
 
@@ -170,6 +170,12 @@ impl Collector {
             w.bytes_in = d(Ctr::BytesIn);
             w.bytes_out = d(Ctr::BytesOut);
             w.resilience.retries = d(Ctr::Retries);
+            w.resilience.retry_reasons = RetryReasons {
+                connect: d(Ctr::RetryConnect),
+                reset: d(Ctr::RetryReset),
+                timeout: d(Ctr::RetryTimeout),
+                status: d(Ctr::RetryStatus),
+            };
             w.resilience.retry_budget_exhausted = d(Ctr::RetryBudgetExhausted);
             w.resilience.ejections = d(Ctr::Ejections);
             w.resilience.breaker_trips = d(Ctr::BreakerTrips);

@@ -54,9 +54,14 @@ pub enum Ctr {
     ShedSheddable,
     /// Route scope: sum of queue waits in µs (their distribution is the queue histogram).
     QueueWaitSumUs,
+    /// Route scope: retries by the failure that caused them.
+    RetryConnect,
+    RetryReset,
+    RetryTimeout,
+    RetryStatus,
 }
 
-pub const NUM_COUNTERS: usize = Ctr::QueueWaitSumUs as usize + 1;
+pub const NUM_COUNTERS: usize = Ctr::RetryStatus as usize + 1;
 
 impl Ctr {
     pub fn admitted(p: Priority) -> Ctr {
