@@ -388,9 +388,12 @@ async fn cancelled_http2_streams_are_not_5xx() {
     let slow = backend("slow", 400.0).await;
     let proxy = Proxy::start(&round_robin_config(&[slow]));
     let client = h2c_client();
+    // One whole request first, so the connection is up before the cancelled ones (a slow
+    // handshake must not make a request that never arrived look cancelled).
+    assert_eq!(get(&client, &proxy.url("/warm")).await.unwrap().status, 200);
     for _ in 0..10 {
         let r =
-            tokio::time::timeout(Duration::from_millis(50), get(&client, &proxy.url("/c"))).await;
+            tokio::time::timeout(Duration::from_millis(150), get(&client, &proxy.url("/c"))).await;
         assert!(
             r.is_err(),
             "the request should still be running when cancelled"

@@ -150,7 +150,6 @@ async fn a_retried_request_is_one_request_and_two_tries() {
 
     // Every batch covers an aligned tick: windows of two instances describe the same
     // intervals.
-    let p2_batches = batches(&p2).await;
     let starts = |bs: &[Value]| -> Vec<u64> {
         bs.iter()
             .map(|b| {
@@ -164,11 +163,15 @@ async fn a_retried_request_is_one_request_and_two_tries() {
             })
             .collect()
     };
-    let (s1, s2) = (starts(&all), starts(&p2_batches));
-    assert!(
-        s1.iter().any(|s| s2.contains(s)),
-        "no common interval: {s1:?} vs {s2:?}"
-    );
+    // Both instances tick on the same boundaries: once each has closed a window since both
+    // were up, they share an interval.
+    let common = eventually(Duration::from_secs(10), || async {
+        let (s1, s2) = (starts(&batches(&p1).await), starts(&batches(&p2).await));
+        s1.iter().any(|s| s2.contains(s))
+    })
+    .await;
+    let (s1, s2) = (starts(&batches(&p1).await), starts(&batches(&p2).await));
+    assert!(common, "no common interval: {s1:?} vs {s2:?}");
     // Sequence numbers count batches; idle scopes send no windows.
     assert!(all
         .windows(2)
