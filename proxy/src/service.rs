@@ -11,10 +11,9 @@ use crate::body::{client_fault, ClientFault, Record, RequestBody, ResponseBody, 
 use crate::client::{SendError, UpstreamBody};
 use crate::config::{PathMatch, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::flow::{self, Next, Refused, RequestFlow, Start, TryFailure};
+use crate::flow::{self, Next, RequestFlow, Start, TryFailure};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::limits;
-use crate::limits::Refusal;
 use crate::routing;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
@@ -256,22 +255,21 @@ pub async fn handle(
         unix_ms: shared.clock.unix_ms(),
     };
     let header = |n: &str| hdrs.get(n).map(|v| v.as_bytes());
-    let (mut flow, mut step) = RequestFlow::start(route, facts, header, t0, &mut rng);
+    let (mut flow, step) = RequestFlow::start(route, facts, header, t0, &mut rng);
     let mut request = request;
-    if let Start::Queue { .. } = step {
-        step = wait::queue(&mut flow, route, &*shared.clock, &mut rng).await;
-        request.outcome.queue_wait_us = Some(elapsed_us(shared, t0));
-    }
-    let mut next = match step {
-        Start::Forward(t) => t,
-        Start::Refuse(_) | Start::Queue { .. } => {
-            let r = match step {
-                Start::Refuse(r) => r,
-                _ => Refused::Admission(Refusal::Overloaded { priority: prio }),
-            };
-            let err = route.refused(&r);
-            let shed = matches!(r, Refused::Admission(_)).then_some(&err);
-            RequestInfo::admission(&mut access, prio, shed);
+    let first = match step {
+        Start::Forward(t) => Ok(t),
+        Start::Refuse(r) => Err(r),
+        Start::Queue { .. } => {
+            let waited = wait::queue(&mut flow, route, &*shared.clock, &mut rng).await;
+            request.outcome.queue_wait_us = Some(elapsed_us(shared, t0));
+            waited
+        }
+    };
+    let mut next = match first {
+        Ok(t) => t,
+        Err(r) => {
+            let err = route.refused(&r, prio, &mut access);
             return local.answer(request, err, access);
         }
     };

@@ -99,8 +99,21 @@ impl RouteRuntime {
         self.balancer.pick(&self.endpoints, input, rng)
     }
 
-    /// The answer to a request the flow refused.
-    pub fn refused(&self, r: &Refused) -> crate::error::ProxyError {
+    /// The answer to a request the flow refused; an admission refusal also goes into its
+    /// access log line.
+    pub fn refused(
+        &self,
+        r: &Refused,
+        priority: vivremotion_protocol::telemetry::Priority,
+        access: &mut Option<Box<crate::access_log::RequestInfo>>,
+    ) -> crate::error::ProxyError {
+        let err = self.refusal(r);
+        let shed = matches!(r, Refused::Admission(_)).then_some(&err);
+        crate::access_log::RequestInfo::admission(access, priority, shed);
+        err
+    }
+
+    fn refusal(&self, r: &Refused) -> crate::error::ProxyError {
         use crate::error::ProxyError;
         let cluster = self.cfg.cluster.clone();
         match r {

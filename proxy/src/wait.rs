@@ -2,18 +2,18 @@
 //! ([`backoff`]). The flow says until when; this is the only place that sleeps for it, for
 //! both request paths.
 
-use crate::flow::{RequestFlow, RouteCore, Start, Try};
+use crate::flow::{Refused, RequestFlow, RouteCore, Start, Try};
 use rand::Rng;
 use vivremotion_protocol::{Clock, Nanos};
 
-/// After [`Start::Queue`]: wait until a slot is handed over or the deadline passes, and return
-/// the flow's next step (the first try, or shed).
+/// After [`Start::Queue`]: wait until a slot is handed over or the deadline passes; then the
+/// first try, or the refusal (shed at the deadline, or no endpoint).
 pub async fn queue<R: Rng + ?Sized>(
     flow: &mut RequestFlow,
     core: &RouteCore,
     clock: &dyn Clock,
     rng: &mut R,
-) -> Start {
+) -> Result<Try, Refused> {
     loop {
         if let Some(wait) = flow.queued() {
             let left = wait.until().saturating_since(clock.now());
@@ -23,7 +23,8 @@ pub async fn queue<R: Rng + ?Sized>(
         match flow.dequeue(core, clock.now(), rng) {
             // Woken a little early by the timer's rounding: wait for the rest.
             Start::Queue { .. } => continue,
-            step => return step,
+            Start::Forward(t) => return Ok(t),
+            Start::Refuse(r) => return Err(r),
         }
     }
 }

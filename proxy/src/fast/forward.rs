@@ -7,9 +7,8 @@ use crate::access_log::RequestInfo;
 use crate::body::{Record, ScopeRef};
 use crate::client::SendError;
 use crate::error::ProxyError;
-use crate::flow::{Next, Refused, Start, TryFailure};
+use crate::flow::{Next, TryFailure};
 use crate::h1::{self, Decode, H1Error, RawHead, Step};
-use crate::limits::Refusal;
 use crate::service::Worker;
 use crate::wait;
 use bytes::{Buf, BytesMut};
@@ -101,24 +100,18 @@ where
             let route = &plan.snap.routes[plan.route];
             let prio = flow.priority();
             let rng = rng.get_or_insert_with(|| w.rng());
-            let step = wait::queue(&mut flow, route, &*shared.clock, rng).await;
+            let waited = wait::queue(&mut flow, route, &*shared.clock, rng).await;
             if let Some(r) = plan.request.as_mut() {
                 let waited = shared.clock.now().saturating_since(plan.t0);
                 r.outcome.queue_wait_us = Some(waited.as_nanos() as f64 / 1e3);
             }
-            match step {
-                Start::Forward(t) => {
+            match waited {
+                Ok(t) => {
                     RequestInfo::admission(&mut plan.access, prio, None);
                     t
                 }
-                step => {
-                    let r = match step {
-                        Start::Refuse(r) => r,
-                        _ => Refused::Admission(Refusal::Overloaded { priority: prio }),
-                    };
-                    let err = route.refused(&r);
-                    let shed = matches!(r, Refused::Admission(_)).then_some(&err);
-                    RequestInfo::admission(&mut plan.access, prio, shed);
+                Err(r) => {
+                    let err = route.refused(&r, prio, &mut plan.access);
                     let Some(request) = plan.request.take() else {
                         return Ok(false);
                     };

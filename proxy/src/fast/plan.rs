@@ -6,7 +6,7 @@ use super::*;
 use crate::access_log::{AccessLog, RequestInfo};
 use crate::body::{Record, ScopeRef};
 use crate::error::ProxyError;
-use crate::flow::{self, Refused, RequestFlow, Start, Try};
+use crate::flow::{self, RequestFlow, Start, Try};
 use crate::h1::{self};
 use crate::headers;
 use crate::limits::{self};
@@ -252,9 +252,7 @@ pub(super) fn plan(w: &Worker, peer: &Peer, buf: &[u8], max_head: usize) -> Pars
         // A request that waits for a slot picks its endpoint once it has one (`forward`).
         Start::Queue { .. } => None,
         Start::Refuse(r) => {
-            let err = route.refused(&r);
-            let shed = matches!(r, Refused::Admission(_)).then_some(&err);
-            RequestInfo::admission(&mut access, prio, shed);
+            let err = route.refused(&r, prio, &mut access);
             return refuse(request, err, rid, access);
         }
     };

@@ -74,9 +74,8 @@ impl Collector {
     /// Sample what is in flight (and queued) now, for the window's mean and maximum.
     pub fn sample(&mut self, registry: &StatsRegistry, view: &InForceView<'_>) {
         for s in registry.all() {
-            let t = s.totals();
             let e = self.samples.entry(s.scope.clone()).or_default();
-            let inf = t.in_flight.max(0) as u64;
+            let inf = s.in_flight().max(0) as u64;
             let queued = (view.concurrency)(&s.scope).map_or(0, |(_, q)| q);
             e.n += 1;
             e.in_flight_sum += inf;

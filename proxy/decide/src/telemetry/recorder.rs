@@ -256,6 +256,11 @@ impl ScopeStats {
         }
     }
 
+    /// In flight now, over all shards (what a sample needs, without summing histograms).
+    pub fn in_flight(&self) -> i64 {
+        self.shards.iter().map(|s| s.in_flight.load(Relaxed)).sum()
+    }
+
     /// Cumulative totals over all shards.
     pub fn totals(&self) -> Totals {
         let queue_len = self.shards.first().map_or(0, |s| s.queue_hist.len());
