@@ -1115,3 +1115,91 @@ async fn a_panicking_control_loop_is_restarted_and_counted() {
     );
     promtool_check(&m);
 }
+
+/// One keep-alive exchange on a raw connection: send a GET, read the whole response (its
+/// `Content-Length` body included). Returns the status line.
+async fn keep_alive_get(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /ka HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return head.lines().next().unwrap_or("").to_string();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no whole response");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("response timed out")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Time until the proxy closes an idle connection (EOF), up to `within`.
+async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t0 = std::time::Instant::now();
+    let mut b = [0u8; 64];
+    match tokio::time::timeout(within, s.read(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(t0.elapsed()),
+        Ok(Ok(n)) => panic!("unexpected bytes on an idle connection: {:?}", &b[..n]),
+        Err(_) => None,
+    }
+}
+
+/// The idle deadline of a keep-alive connection runs from its last response: requests 0.7 s
+/// apart keep it open past one `header_read_timeout` (2 s) in total, and after the last one it
+/// closes no sooner than 2 s. On SIGTERM an idle connection closes at once, long before its
+/// 60 s deadline, and the proxy exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_closes_at_its_deadline_and_at_once_on_shutdown() {
+    let good = backend("good", 0.0).await;
+    let config = |timeout: &str| {
+        base_config(1).replace(
+            "workers = 1\n",
+            &format!("workers = 1\nheader_read_timeout = \"{timeout}\"\n"),
+        ) + &format!(
+            "[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            good.addr()
+        )
+    };
+    let proxy = Proxy::start(&config("2s"));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..4 {
+        assert!(keep_alive_get(&mut s).await.contains(" 200 "));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(keep_alive_get(&mut s).await.contains(" 200 "));
+    let idle = until_closed(&mut s, Duration::from_secs(30)).await;
+    let idle = idle.expect("idle keep-alive connection never closed");
+    assert!(idle >= Duration::from_millis(1900), "closed after {idle:?}");
+    drop(proxy);
+
+    let mut proxy = Proxy::start(&config("60s"));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(keep_alive_get(&mut s).await.contains(" 200 "));
+    proxy.signal("TERM");
+    let closed = until_closed(&mut s, Duration::from_secs(30)).await;
+    assert!(
+        closed.is_some(),
+        "idle connection kept open through shutdown"
+    );
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -27,6 +27,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod fast;
 pub mod h1;
@@ -39,6 +40,7 @@ pub mod service;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod timer;
 pub mod tls;
 pub mod wait;
 

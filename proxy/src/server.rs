@@ -208,7 +208,6 @@ async fn serve_connection<IO, S>(
     protocol: ListenerProtocol,
     w: Arc<Worker>,
     conn: ConnInfo,
-    shutdown: watch::Receiver<bool>,
     builder: auto::Builder<TokioExecutor>,
     svc: S,
     watcher: hyper_util::server::graceful::Watcher,
@@ -230,7 +229,7 @@ async fn serve_connection<IO, S>(
             let c = builder.serve_connection(TokioIo::new(stream), svc);
             watcher.watch(c.into_owned()).await
         }
-        p => match fast::serve(w, conn, stream, shutdown, p == ListenerProtocol::Auto).await {
+        p => match fast::serve(w, conn, stream, p == ListenerProtocol::Auto).await {
             Served::Done => return,
             Served::Fallback(io) => {
                 let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -280,12 +279,11 @@ async fn accept_loop(
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let watcher = graceful.watcher();
-                let shutdown_rx = shutdown.clone();
                 match &tls {
                     None => {
                         let builder = for_protocol(&builder, protocol);
                         let w = worker.clone();
-                        tokio::spawn(serve_connection(stream, protocol, w, conn, shutdown_rx, builder, svc, watcher));
+                        tokio::spawn(serve_connection(stream, protocol, w, conn, builder, svc, watcher));
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
@@ -310,7 +308,7 @@ async fn accept_loop(
                                 _ => protocol,
                             };
                             let builder = for_protocol(&builder, negotiated);
-                            serve_connection(stream, negotiated, w, conn, shutdown_rx, builder, svc, watcher).await;
+                            serve_connection(stream, negotiated, w, conn, builder, svc, watcher).await;
                         });
                     }
                 }
@@ -318,6 +316,8 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    // Idle fast-path connections close now; busy ones after their response.
+    worker.drain.start();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

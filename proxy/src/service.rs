@@ -37,6 +37,8 @@ use vivremotion_protocol::Nanos;
 pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
+    /// Wakes this worker's fast-path connections when it stops taking new ones.
+    pub drain: Arc<crate::drain::Drain>,
     requests: AtomicU64,
 }
 
@@ -52,6 +54,7 @@ impl Worker {
         Worker {
             id,
             shared,
+            drain: crate::drain::Drain::new(),
             requests: AtomicU64::new(0),
         }
     }

@@ -6,16 +6,17 @@ use super::plan::*;
 use crate::access_log::RequestInfo;
 use crate::body::{Record, ScopeRef};
 use crate::client::SendError;
+use crate::drain::Registration;
 use crate::error::ProxyError;
 use crate::flow::{Next, TryFailure};
 use crate::h1::{self, Decode, H1Error, RawHead, Step};
 use crate::service::Worker;
+use crate::timer::LazyTimer;
 use crate::wait;
 use bytes::{Buf, BytesMut};
 use http::HeaderValue;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Request bodies up to this size are read and dropped after a refusal, so the connection
@@ -29,13 +30,13 @@ pub(super) async fn refuse<IO>(
     io: &mut IO,
     rbuf: &mut BytesMut,
     wbuf: &mut Vec<u8>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Registration,
 ) -> io::Result<bool>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let drained = drain_body(w, io, rbuf, r.body_len).await;
-    let keep = drained && !r.client_close && !*shutdown.borrow();
+    let keep = drained && !r.client_close && !shutdown.is_draining();
     let latency_us = w.shared.clock.now().saturating_since(r.t0).as_nanos() as f64 / 1e3;
     let mut rec = r.request;
     rec.access = r.access;
@@ -83,7 +84,8 @@ pub(super) async fn forward<IO>(
     io: &mut IO,
     rbuf: &mut BytesMut,
     wbuf: &mut Vec<u8>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Registration,
+    deadline: &mut LazyTimer,
 ) -> io::Result<bool>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -149,7 +151,9 @@ where
             endpoint: ei as u32,
         };
         let mut rec = Record::start(plan.snap.clone(), scope, w.id);
-        let limit = next.deadline.saturating_since(shared.clock.now());
+        let started = shared.clock.now();
+        let limit = next.deadline.saturating_since(started);
+        deadline.set(next.deadline, started);
         let span = tracing::debug_span!(
             "request",
             request_id = ?plan.rid,
@@ -158,7 +162,11 @@ where
             try_ = next.attempt,
         );
         let exchange = exchange(w, plan, ei, &out, &mut remaining, io, rbuf);
-        let result = tokio::time::timeout(limit, exchange).instrument(span).await;
+        let result = tokio::select! {
+            biased;
+            r = exchange.instrument(span) => Ok(r),
+            _ = deadline.expired() => Err(()),
+        };
         let now = shared.clock.now();
         // Each try is measured from its own start; the request from its arrival.
         let latency_us = now.saturating_since(plan.t0).as_nanos() as f64 / 1e3;
@@ -277,7 +285,7 @@ where
     let upstream_keep =
         h1::keep_alive_raw(raw.http11, raw.values("connection")) && decode != Decode::Eof;
     let bodiless = plan.head_req || status == 204 || status == 304 || status < 200;
-    let close = plan.client_close || *shutdown.borrow();
+    let close = plan.client_close || shutdown.is_draining();
 
     // Response head.
     wbuf.clear();

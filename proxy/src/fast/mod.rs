@@ -28,6 +28,7 @@ use crate::h1::{self};
 use crate::headers;
 use crate::service::{ConnInfo, Worker};
 use crate::telemetry::Outcome;
+use crate::timer::LazyTimer;
 use bytes::{Buf, Bytes, BytesMut};
 use forward::*;
 use plan::*;
@@ -37,7 +38,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 
 /// Most request fields the fast path takes; more go to hyper (which allows 100).
 pub(super) const MAX_FIELDS: usize = 64;
@@ -99,13 +99,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 
 /// Serve an HTTP/1 connection. `sniff_h2`: the listener also speaks cleartext HTTP/2, so a
 /// connection that opens with the h2 preface goes to hyper.
-pub async fn serve<IO>(
-    w: Arc<Worker>,
-    conn: ConnInfo,
-    mut io: IO,
-    mut shutdown: watch::Receiver<bool>,
-    sniff_h2: bool,
-) -> Served<IO>
+pub async fn serve<IO>(w: Arc<Worker>, conn: ConnInfo, mut io: IO, sniff_h2: bool) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -114,6 +108,8 @@ where
     let mut first = true;
     // The client's address as forwarding headers spell it, formatted once per connection.
     let peer = Peer::new(conn);
+    let shutdown = w.drain.register().await;
+    let mut timers = Timers::default();
     let (mut max_head, mut head_timeout, mut limits_of) = (0, std::time::Duration::ZERO, 0);
     loop {
         // Limits for reading this head; the request itself runs on the snapshot current when
@@ -127,11 +123,11 @@ where
             (max_head, head_timeout) = (p.max_header_bytes, p.header_read_timeout);
             limits_of = snap.generation;
         }
-        // Polled after the read, so a head that is already buffered never touches the timer wheel.
-        let expiry = tokio::time::sleep(head_timeout);
-        tokio::pin!(expiry);
+        // Idle keep-alive time counts against the head deadline, as it always has.
+        let now = w.shared.clock.now();
+        timers.head.set(now.saturating_add(head_timeout), now);
         let (head_len, next) = 'head: loop {
-            if rbuf.is_empty() && *shutdown.borrow() {
+            if rbuf.is_empty() && shutdown.is_draining() {
                 return Served::Done;
             }
             if !rbuf.is_empty() {
@@ -164,12 +160,12 @@ where
             let idle = rbuf.is_empty();
             tokio::select! {
                 biased;
-                _ = shutdown.changed(), if idle => return Served::Done,
+                _ = shutdown.draining(), if idle => return Served::Done,
                 r = h1::read_into(&mut io, &mut rbuf) => match r {
                     Ok(0) | Err(_) => return Served::Done,
                     Ok(_) => {}
                 },
-                _ = &mut expiry => {
+                _ = timers.head.expired() => {
                     // Part of a head came and the rest did not: say so before closing
                     // (RFC 9110 408). An idle keep-alive connection just closes.
                     if !rbuf.is_empty() {
@@ -183,9 +179,17 @@ where
         rbuf.advance(head_len);
         // An IO error on either side ends the connection.
         let keep: bool = match next {
-            Ok(plan) => forward(&w, plan, &mut io, &mut rbuf, &mut wbuf, &shutdown)
-                .await
-                .unwrap_or_default(),
+            Ok(plan) => forward(
+                &w,
+                plan,
+                &mut io,
+                &mut rbuf,
+                &mut wbuf,
+                &shutdown,
+                &mut timers.try_,
+            )
+            .await
+            .unwrap_or_default(),
             Err(r) => refuse(&w, *r, &mut io, &mut rbuf, &mut wbuf, &shutdown)
                 .await
                 .unwrap_or_default(),
@@ -195,6 +199,13 @@ where
             return Served::Done;
         }
     }
+}
+
+/// A connection's two deadlines, each armed once and moved lazily (see [`crate::timer`]).
+#[derive(Default)]
+struct Timers {
+    head: LazyTimer,
+    try_: LazyTimer,
 }
 
 /// The 408 for a head that did not arrive in time, counted as an unmatched request.
