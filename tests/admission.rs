@@ -24,6 +24,8 @@ fn with_key(url: &str, key: &str) -> http::Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_rate_limit_answers_429_with_ratelimit_fields() {
+    // Its proxy's start-up would share the cores with the overload test's latency figures.
+    let _serial = serial().await;
     let b = backend("b", 0.0).await;
     let cfg = round_robin_config(&[b])
         + r#"rate_limits = [{ name = "per-key", key = ["header:x-api-key"], rate = 2.0, burst = 3 }]

@@ -214,9 +214,23 @@ pub fn next_traceparent(
     random: u128,
     span: u64,
 ) -> (HeaderValue, [u8; 32]) {
+    let (out, trace_id) = next_traceparent_bytes(incoming.map(HeaderValue::as_bytes), random, span);
+    let v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    });
+    (v, trace_id)
+}
+
+/// [`next_traceparent`] on bytes, without allocating: the fast path writes the result
+/// straight into the upstream head.
+pub fn next_traceparent_bytes(
+    incoming: Option<&[u8]>,
+    random: u128,
+    span: u64,
+) -> ([u8; 55], [u8; 32]) {
     let mut trace_id = [0u8; 32];
     let mut flags = *b"01";
-    match incoming.and_then(|v| parse_traceparent(v.as_bytes())) {
+    match incoming.and_then(parse_traceparent) {
         Some((tid, fl)) => {
             trace_id = tid;
             flags = fl;
@@ -234,10 +248,7 @@ pub fn next_traceparent(
     hex_into(&mut out[36..52], &span.to_be_bytes());
     out[52] = b'-';
     out[53..55].copy_from_slice(&flags);
-    let v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    });
-    (v, trace_id)
+    (out, trace_id)
 }
 
 /// Parse `version-traceid-parentid-flags`; returns trace id and flags if valid.

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::Sleep;
 use vivremotion_protocol::Nanos;
@@ -22,6 +22,9 @@ pub struct LazyTimer {
     armed: Nanos,
     /// The deadline in force; never before `armed` unless just expired.
     want: Nanos,
+    /// The waker the armed timer holds. While it is the caller's and the timer has not
+    /// fired, polling the `Sleep` again would only re-register the same waker.
+    waker: Option<Waker>,
 }
 
 impl LazyTimer {
@@ -42,6 +45,7 @@ impl LazyTimer {
                 let at = s.deadline().checked_sub(earlier).unwrap_or(s.deadline());
                 s.as_mut().reset(at);
                 self.armed = want;
+                self.waker = None;
             }
             Some(_) => {}
         }
@@ -53,7 +57,16 @@ impl LazyTimer {
             let Some(s) = &mut self.sleep else {
                 return Poll::Pending;
             };
-            ready!(s.as_mut().poll(cx));
+            let holds_ours = self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if holds_ours && !s.is_elapsed() {
+                return Poll::Pending;
+            }
+            if s.as_mut().poll(cx).is_pending() {
+                if !holds_ours {
+                    self.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
             if self.want <= self.armed {
                 return Poll::Ready(());
             }
@@ -62,6 +75,7 @@ impl LazyTimer {
             let at = s.deadline() + later;
             s.as_mut().reset(at);
             self.armed = self.want;
+            self.waker = None;
         }
     }
 
@@ -125,6 +139,26 @@ mod tests {
         t.set(ms(70), ms(10));
         t.expired().await;
         assert_eq!(start.elapsed(), Duration::from_millis(70));
+    }
+
+    // Polled again and again by the same task (the skip path) while other wakeups come in.
+    #[tokio::test(start_paused = true)]
+    async fn polled_often_still_fires_on_time() {
+        let start = tokio::time::Instant::now();
+        let mut t = LazyTimer::new();
+        t.set(ms(95), ms(0));
+        let mut ticks = 0;
+        loop {
+            tokio::select! {
+                _ = t.expired() => break,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => ticks += 1,
+            }
+            if ticks == 3 {
+                t.set(ms(205), ms(30));
+            }
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(205));
+        assert!(ticks >= 19, "{ticks}");
     }
 
     #[tokio::test(start_paused = true)]

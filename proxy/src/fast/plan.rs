@@ -336,11 +336,9 @@ pub(super) fn encode_upstream_head(
     headers::write_forwarded_host(out, raw.host_field);
     out.extend_from_slice(b"\r\n");
     put_field(out, b"x-request-id", plan.rid.as_bytes());
-    let incoming = raw
-        .first("traceparent")
-        .and_then(|v| HeaderValue::from_bytes(v).ok());
-    let (tp, _) = headers::next_traceparent(incoming.as_ref(), rng.random(), rng.random());
-    put_field(out, b"traceparent", tp.as_bytes());
+    let incoming = raw.first("traceparent");
+    let (tp, _) = headers::next_traceparent_bytes(incoming, rng.random(), rng.random());
+    put_field(out, b"traceparent", &tp);
     put_ops(out, ops);
     if plan.body_len > 0 {
         out.extend_from_slice(b"content-length: ");
