@@ -91,6 +91,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         requests: usize,
     },
+    /// The public traces (../shared/datasets): list them, describe one, export one.
+    Datasets {
+        /// Dataset root (default: $VIVREMOTION_DATASETS, else ../shared/datasets).
+        #[arg(long, global = true, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Seed of generated arrivals (ServeGen clients, exported).
+        #[arg(long, global = true, default_value_t = 1)]
+        seed: u64,
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
     /// Run one standalone demo upstream: it answers every request with what it received.
     DemoUpstream {
         /// Address to listen on (port 0: any free port, printed on start).
@@ -114,6 +125,63 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// Every dataset with its kind, size and what it is.
+    List,
+    /// Files, span, counts and basic statistics of one dataset.
+    Describe { name: String },
+    /// Write a dataset as a table (a trace: one row per arrival; series: long format).
+    Export {
+        name: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// Resample to this step (e.g. 1m, 10s): series by their measure (sum of counts, mean
+        /// of levels), a trace into arrival counts per step.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        resample: Option<std::time::Duration>,
+        /// Output file (default NAME.csv or NAME.parquet in the working directory).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Parquet,
+}
+
+#[cfg(feature = "sim")]
+mod datasets_cli;
+
+#[cfg(feature = "sim")]
+fn run_datasets(root: Option<PathBuf>, seed: u64, command: DatasetsCommand) -> Result<()> {
+    use vivremotion_datasets::export::Format;
+    let root = root.as_deref();
+    match command {
+        DatasetsCommand::List => datasets_cli::list(root),
+        DatasetsCommand::Describe { name } => datasets_cli::describe(root, &name),
+        DatasetsCommand::Export {
+            name,
+            format,
+            resample,
+            out,
+        } => {
+            let format = match format {
+                ExportFormat::Csv => Format::Csv,
+                ExportFormat::Parquet => Format::Parquet,
+            };
+            datasets_cli::export(root, &name, format, resample, out, seed)
+        }
+    }
+}
+
+#[cfg(not(feature = "sim"))]
+fn run_datasets(_: Option<PathBuf>, _: u64, _: DatasetsCommand) -> Result<()> {
+    anyhow::bail!("this binary was built without the datasets (cargo feature `sim`); rebuild with default features")
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -135,6 +203,11 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig { config } => return check_config(&config.path()),
         Command::Proxy { config } => run_proxy(config.path()),
         Command::Trace { seed, requests } => run_trace(seed, requests),
+        Command::Datasets {
+            root,
+            seed,
+            command,
+        } => run_datasets(root, seed, command),
         Command::Up {
             listen,
             admin,

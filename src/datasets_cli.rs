@@ -1,0 +1,71 @@
+//! `vivremotion datasets ...`: list, describe and export the public traces.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use vivremotion_datasets::{catalog, describe, export, Data, ENTRIES};
+
+pub fn list(root: Option<&Path>) -> Result<()> {
+    let root = catalog::root(root);
+    println!(
+        "dataset root: {}",
+        std::fs::canonicalize(&root)
+            .unwrap_or_else(|_| root.clone())
+            .display()
+    );
+    for e in ENTRIES {
+        let present = e.files.iter().all(|f| root.join(f).exists());
+        let size: u64 = e.files.iter().map(|f| catalog::size(&root.join(f))).sum();
+        println!(
+            "{:<30} {:<6} {:>9} {}{}",
+            e.name,
+            match e.kind {
+                catalog::Kind::Trace => "trace",
+                catalog::Kind::Series => "series",
+            },
+            format!("{:.0} KiB", size as f64 / 1024.0),
+            e.about,
+            if present { "" } else { "  [missing]" }
+        );
+    }
+    Ok(())
+}
+
+pub fn describe(root: Option<&Path>, name: &str) -> Result<()> {
+    let root = catalog::root(root);
+    let entry = catalog::entry(name)?;
+    let data = catalog::load(&root, name)?;
+    print!("{}", describe::describe(&entry, &root, &data));
+    Ok(())
+}
+
+pub fn export(
+    root: Option<&Path>,
+    name: &str,
+    format: export::Format,
+    resample: Option<std::time::Duration>,
+    out: Option<PathBuf>,
+    seed: u64,
+) -> Result<()> {
+    let root = catalog::root(root);
+    let data = catalog::load(&root, name)?;
+    let step = resample
+        .map(|d| i64::try_from(d.as_millis()).context("--resample is too long"))
+        .transpose()?;
+    if step == Some(0) {
+        anyhow::bail!("--resample must be at least 1ms");
+    }
+    let mut df = export::frame(&data, step, seed)?;
+    let ext = match format {
+        export::Format::Csv => "csv",
+        export::Format::Parquet => "parquet",
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.{ext}", name.replace('/', "_"))));
+    export::write(&mut df, &out, format)?;
+    let what = match (&data, step) {
+        (Data::Trace(_) | Data::Clients(_), None) => "arrivals",
+        (Data::Trace(_) | Data::Clients(_), Some(_)) => "buckets of arrival counts",
+        (Data::Series(_), _) => "points",
+    };
+    println!("wrote {} {what} to {}", df.height(), out.display());
+    Ok(())
+}
