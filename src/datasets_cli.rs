@@ -1,4 +1,5 @@
-//! `vivremotion datasets ...`: list, describe and export the public traces.
+//! `vivremotion datasets ...` (list, describe and export the public traces) and
+//! `vivremotion eval ...` (the models judged on them).
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -67,5 +68,50 @@ pub fn export(
         (Data::Series(_), _) => "points",
     };
     println!("wrote {} {what} to {}", df.height(), out.display());
+    Ok(())
+}
+
+fn ms(d: std::time::Duration, what: &str) -> Result<i64> {
+    let v = i64::try_from(d.as_millis()).with_context(|| format!("{what} is too long"))?;
+    anyhow::ensure!(v > 0, "{what} must be at least 1ms");
+    Ok(v)
+}
+
+pub fn eval_forecast(
+    dataset: String,
+    resample: Option<std::time::Duration>,
+    horizons: Vec<std::time::Duration>,
+    out: PathBuf,
+    mstl: bool,
+    root: Option<PathBuf>,
+) -> Result<()> {
+    use vivremotion_simulations::eval::forecast;
+    let args = forecast::Args {
+        dataset,
+        root: catalog::root(root.as_deref()),
+        resample_ms: resample.map(|d| ms(d, "--resample")).transpose()?,
+        horizons_ms: horizons
+            .into_iter()
+            .map(|d| ms(d, "a horizon"))
+            .collect::<Result<_>>()?,
+        out,
+        season_ms: 86_400_000,
+        every_ms: 3_600_000,
+        mstl,
+    };
+    let r = forecast::run(&args)?;
+    println!("{}: chose {}", r.dataset, r.chosen.label());
+    for h in &r.horizons {
+        println!(
+            "  {:>8}  MASE {:.3} (seasonal naive {:.3})  sMAPE {:.2} %  80 % covers {:.1} %  95 % covers {:.1} %",
+            describe::duration(h.horizon_ms),
+            h.mase,
+            h.mase_naive,
+            h.smape,
+            100.0 * h.coverage80,
+            100.0 * h.coverage95
+        );
+    }
+    println!("report: {}", args.out.join("report.md").display());
     Ok(())
 }

@@ -102,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// Judge the models on real data (reports, JSON and SVG plots in --out).
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// Run one standalone demo upstream: it answers every request with what it received.
     DemoUpstream {
         /// Address to listen on (port 0: any free port, printed on start).
@@ -146,6 +151,32 @@ enum DatasetsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Rolling-origin backtest, one origin per hour: MASE and sMAPE per horizon against the
+    /// one-day seasonal naive forecast, and the coverage of the 80 % and 95 % intervals.
+    Forecast {
+        /// A name from `datasets list`, or a CSV of timestamp,value, or a per-second count file.
+        #[arg(long)]
+        dataset: String,
+        /// Resample first (e.g. 1m): counts are summed, levels averaged.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        resample: Option<std::time::Duration>,
+        /// Horizons, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration, default_value = "5m,15m,60m")]
+        horizons: Vec<std::time::Duration>,
+        /// Output folder for report.md, results.json and the plots.
+        #[arg(long)]
+        out: PathBuf,
+        /// Leave MSTL + ETS out of the candidates (it refits at every origin: the slow one).
+        #[arg(long)]
+        no_mstl: bool,
+        /// Dataset root (default: $VIVREMOTION_DATASETS, else ../shared/datasets).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Csv,
@@ -175,6 +206,25 @@ fn run_datasets(root: Option<PathBuf>, seed: u64, command: DatasetsCommand) -> R
             datasets_cli::export(root, &name, format, resample, out, seed)
         }
     }
+}
+
+#[cfg(feature = "sim")]
+fn run_eval(command: EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Forecast {
+            dataset,
+            resample,
+            horizons,
+            out,
+            no_mstl,
+            root,
+        } => datasets_cli::eval_forecast(dataset, resample, horizons, out, !no_mstl, root),
+    }
+}
+
+#[cfg(not(feature = "sim"))]
+fn run_eval(_: EvalCommand) -> Result<()> {
+    anyhow::bail!("this binary was built without the evaluations (cargo feature `sim`); rebuild with default features")
 }
 
 #[cfg(not(feature = "sim"))]
@@ -208,6 +258,7 @@ fn main() -> std::process::ExitCode {
             seed,
             command,
         } => run_datasets(root, seed, command),
+        Command::Eval { command } => run_eval(command),
         Command::Up {
             listen,
             admin,

@@ -17,15 +17,28 @@ pub fn time(ms: i64, absolute: bool) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A span for people: the two largest non-zero units ("5 min", "1 h 30 min", "27 d 13 h").
 pub fn duration(ms: i64) -> String {
-    let s = ms / 1000;
-    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{}.{:03} s", sec, ms % 1000),
-        (0, 0, _) => format!("{m} min {sec} s"),
-        (0, _, _) => format!("{h} h {m} min"),
-        _ => format!("{d} d {h} h {m} min"),
+    if ms < 1000 {
+        return format!("{ms} ms");
     }
+    let s = ms / 1000;
+    let parts = [
+        (s / 86_400, "d"),
+        (s / 3600 % 24, "h"),
+        (s / 60 % 60, "min"),
+        (s % 60, "s"),
+    ];
+    let first = parts.iter().position(|(v, _)| *v > 0).unwrap_or(3);
+    let mut out: Vec<String> = parts[first..(first + 2).min(4)]
+        .iter()
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, u)| format!("{v} {u}"))
+        .collect();
+    if first == 3 && ms % 1000 != 0 {
+        out = vec![format!("{}.{:03} s", s, ms % 1000)];
+    }
+    out.join(" ")
 }
 
 fn stats_line(s: &Stats) -> String {
@@ -244,5 +257,20 @@ fn trace(o: &mut String, t: &Trace) {
             .map(|(k, v)| format!("{} {v}", k.as_str()))
             .collect();
         let _ = writeln!(o, "  status  {}", parts.join("  "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        assert_eq!(duration(300_000), "5 min");
+        assert_eq!(duration(3_600_000), "1 h");
+        assert_eq!(duration(5_400_000), "1 h 30 min");
+        assert_eq!(duration(2_381_544_000), "27 d 13 h");
+        assert_eq!(duration(1_500), "1.500 s");
+        assert_eq!(duration(250), "250 ms");
     }
 }

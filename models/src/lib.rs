@@ -1,5 +1,6 @@
-//! Learned and statistical models for the brain: forecasters, anomaly detectors, latency
-//! predictors and routing bandits. Pure and IO-free.
-//!
-//! Empty so far: the models arrive with the brain. The crate exists now so that the workspace
-//! layout (and its dependency rules) are fixed from the first commit.
+//! The brain's models, pure and IO-free: forecasters with prediction intervals and the
+//! measures they are judged by. Functions take slices; nothing here reads files, clocks or
+//! sockets, so the brain, the simulator and the evaluation commands call the same code.
+
+pub mod forecast;
+pub mod metrics;

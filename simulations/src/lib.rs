@@ -1,5 +1,6 @@
-//! Discrete-event simulator on a virtual clock: trace replay, fault injection, policy
-//! comparison, reports and plots.
-//!
-//! Empty so far: the simulator arrives in a later issue. It will drive `vivremotion-proxy`'s
-//! balancers and limiters as libraries, which is why that code takes time from a `Clock`.
+//! Discrete-event simulator on a virtual clock (a later issue), and the evaluations the
+//! models are judged by: `eval forecast` (MASE against seasonal naive on real series) and
+//! `eval anomaly` (NAB). Reports are Markdown and JSON, plots SVG.
+
+pub mod eval;
+pub mod plot;
