@@ -76,6 +76,16 @@ pub fn coverage(actual: &[f64], lower: &[f64], upper: &[f64]) -> f64 {
     inside as f64 / n as f64
 }
 
+/// The `p` quantile of sorted values, interpolated between neighbours; NaN when empty.
+pub fn quantile_sorted(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let x = p.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (a, b) = (x.floor() as usize, x.ceil() as usize);
+    sorted[a] + (sorted[b] - sorted[a]) * (x - a as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,14 +152,7 @@ fn run_online<F: Online>(
     to: usize,
 ) -> Vec<HorizonRun> {
     let mut c = Calibrated::new(model, &setup.horizons, setup.interval_window);
-    let mut runs: Vec<HorizonRun> = setup
-        .horizons
-        .iter()
-        .map(|h| HorizonRun {
-            h: *h,
-            ..HorizonRun::default()
-        })
-        .collect();
+    let mut runs = empty_runs(setup);
     let mut scratch = Vec::new();
     let mut next = from;
     for (t, v) in y.iter().enumerate().take(to) {
@@ -199,14 +192,7 @@ fn run_mstl(
     to: usize,
 ) -> Result<Vec<HorizonRun>, BacktestError> {
     let max_h = setup.horizons.iter().copied().max().unwrap_or(1);
-    let mut runs: Vec<HorizonRun> = setup
-        .horizons
-        .iter()
-        .map(|h| HorizonRun {
-            h: *h,
-            ..HorizonRun::default()
-        })
-        .collect();
+    let mut runs = empty_runs(setup);
     let clean: Vec<f64> = fill_gaps(y);
     for origin in origins(from, to, setup.every) {
         let start = origin.saturating_sub(window);
@@ -225,6 +211,17 @@ fn run_mstl(
         conformal(r, setup.interval_window);
     }
     Ok(runs)
+}
+
+fn empty_runs(setup: &Setup) -> Vec<HorizonRun> {
+    setup
+        .horizons
+        .iter()
+        .map(|h| HorizonRun {
+            h: *h,
+            ..HorizonRun::default()
+        })
+        .collect()
 }
 
 /// Intervals from the errors of earlier origins whose targets were already known.
@@ -251,11 +248,7 @@ fn conformal(r: &mut HorizonRun, window: usize) {
             continue;
         }
         scratch.sort_unstable_by(f64::total_cmp);
-        let q = |p: f64| {
-            let x = p * (scratch.len() - 1) as f64;
-            let (a, b) = (x.floor() as usize, x.ceil() as usize);
-            scratch[a] + (scratch[b] - scratch[a]) * (x - a as f64)
-        };
+        let q = |p: f64| metrics::quantile_sorted(&scratch, p);
         r.lo80.push(f + q(0.1));
         r.hi80.push(f + q(0.9));
         r.lo95.push(f + q(0.025));

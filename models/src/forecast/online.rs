@@ -338,11 +338,7 @@ impl<F: Online> Calibrated<F> {
         scratch.clear();
         scratch.extend_from_slice(errs);
         scratch.sort_unstable_by(f64::total_cmp);
-        let q = |p: f64| {
-            let x = p * (scratch.len() - 1) as f64;
-            let (a, b) = (x.floor() as usize, x.ceil() as usize);
-            scratch[a] + (scratch[b] - scratch[a]) * (x - a as f64)
-        };
+        let q = |p: f64| crate::metrics::quantile_sorted(scratch, p);
         let lo = (1.0 - level) / 2.0;
         (f, Some((f + q(lo), f + q(1.0 - lo))))
     }
