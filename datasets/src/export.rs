@@ -28,7 +28,7 @@ pub fn frame(data: &Data, resample_ms: Option<i64>, seed: u64) -> Result<DataFra
                     c.name
                 )));
             }
-            return trace_frame(&c.expand(i64::MIN / 4_000_000, i64::MAX / 4_000_000, seed)?);
+            return trace_frame(&c.expand_all(seed)?);
         }
         (Data::Trace(t), None) => return trace_frame(t),
         (Data::Trace(t), Some(step)) => vec![t.counts(step)?],

@@ -153,6 +153,14 @@ impl ClientSet {
         Ok(s)
     }
 
+    /// Every window's arrivals, with times from 0 = the series' zero (window 0's start).
+    pub fn expand_all(&self, seed: u64) -> Result<Trace> {
+        match self.span_s() {
+            Some((_, end)) => self.expand(0, end, seed),
+            None => Ok(Trace::new(self.name.clone(), None, Vec::new())),
+        }
+    }
+
     /// Arrivals of the windows that start in `from_s..to_s`, with times from 0 = `from_s`.
     pub fn expand(&self, from_s: i64, to_s: i64, seed: u64) -> Result<Trace> {
         let mut arrivals = Vec::new();
@@ -181,7 +189,7 @@ impl ClientSet {
 /// `rate × 600` requests (stochastically rounded), their gaps drawn from the window's fitted
 /// distribution and rescaled so they span the window.
 pub fn expand_servegen(name: &str, windows: &[ClientWindow], seed: u64) -> Result<Trace> {
-    ClientSet::new(name, windows.to_vec()).expand(0, i64::MAX / 4_000_000, seed)
+    ClientSet::new(name, windows.to_vec()).expand_all(seed)
 }
 
 fn window_arrivals(

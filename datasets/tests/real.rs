@@ -92,6 +92,8 @@ fn servegen_clients_expand_to_their_rates_and_a_span_matches_the_whole() {
         panic!("no clients")
     };
     let whole = c.expand(0, 86_400, 5).unwrap();
+    // The whole expansion (what export writes) is on the series' own time axis.
+    assert_eq!(c.expand_all(5).unwrap(), whole);
     let expected = c.expected_total();
     assert!((whole.len() as f64 - expected).abs() < 0.01 * expected);
     let part = c.expand(3_600, 7_200, 5).unwrap();
