@@ -49,12 +49,7 @@ pub fn export(
 ) -> Result<()> {
     let root = catalog::root(root);
     let data = catalog::load(&root, name)?;
-    let step = resample
-        .map(|d| i64::try_from(d.as_millis()).context("--resample is too long"))
-        .transpose()?;
-    if step == Some(0) {
-        anyhow::bail!("--resample must be at least 1ms");
-    }
+    let step = resample.map(|d| ms(d, "--resample")).transpose()?;
     let mut df = export::frame(&data, step, seed)?;
     let ext = match format {
         export::Format::Csv => "csv",

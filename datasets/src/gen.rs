@@ -114,9 +114,7 @@ impl ClientSet {
             *by.entry(w.window_start_s).or_default() += w.rate_rps;
         }
         let (ts, vs): (Vec<i64>, Vec<f64>) = by.into_iter().map(|(t, r)| (t * 1000, r)).unzip();
-        let mut s = Series::regular(self.name.clone(), 0, SERVEGEN_WINDOW_S * 1000, Vec::new());
-        s.ts_ms = ts;
-        s.values = vs;
+        let mut s = Series::from_sorted(self.name.clone(), ts, vs);
         s.absolute = false;
         s
     }

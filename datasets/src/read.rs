@@ -164,22 +164,19 @@ pub fn table_from(path: &Path, bytes: Vec<u8>, header: bool, cols: &[Col]) -> Re
         .with_parse_options(CsvParseOptions::default().with_truncate_ragged_lines(false))
         .into_reader_with_file_handle(std::io::Cursor::new(&bytes[..]))
         .finish();
-    let mut t = Table {
+    let (df, refused) = match read {
+        Ok(df) => (df, None),
+        Err(e) => (DataFrame::empty(), Some(e)),
+    };
+    let t = Table {
         path: path.to_path_buf(),
-        bytes: Vec::new(),
+        bytes,
         header,
         cols: cols.to_vec(),
-        df: DataFrame::empty(),
+        df,
     };
-    match read {
-        Ok(df) => {
-            t.df = df;
-            t.bytes = bytes;
-        }
-        Err(e) => {
-            t.bytes = bytes;
-            return Err(t.locate(&format!("polars: {e}")));
-        }
+    if let Some(e) = refused {
+        return Err(t.locate(&format!("polars: {e}")));
     }
     for c in cols.iter().filter(|c| c.required) {
         let nulls = t.df.column(c.name).map(|s| s.null_count()).unwrap_or(0);
@@ -195,15 +192,8 @@ impl Table {
         self.df.height()
     }
 
-    pub fn frame(&self) -> &DataFrame {
-        &self.df
-    }
-
     fn column(&self, name: &str) -> Result<&polars::prelude::Column> {
-        self.df.column(name).map_err(|e| DatasetError::Format {
-            path: self.path.clone(),
-            message: format!("column {name}: {e}"),
-        })
+        self.df.column(name).map_err(|e| self.format(name, e))
     }
 
     pub fn ints(&self, name: &str) -> Result<Vec<Option<i64>>> {
@@ -238,9 +228,11 @@ impl Table {
         name: &str,
         f: impl Fn(&str) -> std::result::Result<T, String>,
     ) -> Result<Vec<T>> {
+        let c = self.column(name)?;
+        let ca = c.str().map_err(|e| self.format(name, e))?;
         let mut out = Vec::with_capacity(self.rows());
-        for s in self.strs(name)? {
-            match s.as_deref().map(&f) {
+        for s in ca.iter() {
+            match s.map(&f) {
                 Some(Ok(v)) => out.push(v),
                 Some(Err(m)) => return Err(self.locate(&m)),
                 None => return Err(self.locate(&format!("missing value in column {name}"))),

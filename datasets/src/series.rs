@@ -67,15 +67,25 @@ impl Series {
                 ts_ms[i]
             )));
         }
-        Ok(Series {
-            name,
+        Ok(Series::from_sorted(name, ts_ms, values))
+    }
+
+    /// Points the caller already knows are sorted and of equal length (Unix time, gauge,
+    /// unlabelled).
+    pub(crate) fn from_sorted(
+        name: impl Into<String>,
+        ts_ms: Vec<i64>,
+        values: Vec<f64>,
+    ) -> Series {
+        Series {
+            name: name.into(),
             ts_ms,
             values,
             labels: None,
             windows: Vec::new(),
             absolute: true,
             measure: Measure::Gauge,
-        })
+        }
     }
 
     /// A regular series from `start_ms` with one value every `step_ms`.
@@ -88,15 +98,7 @@ impl Series {
         let ts_ms = (0..values.len() as i64)
             .map(|i| start_ms + i * step_ms)
             .collect();
-        Series {
-            name: name.into(),
-            ts_ms,
-            values,
-            labels: None,
-            windows: Vec::new(),
-            absolute: true,
-            measure: Measure::Gauge,
-        }
+        Series::from_sorted(name, ts_ms, values)
     }
 
     pub fn len(&self) -> usize {

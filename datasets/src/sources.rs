@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn naive_ms(s: &str, fmt: &str) -> std::result::Result<i64, String> {
-    NaiveDateTime::parse_from_str(s.trim(), fmt)
-        .map(|t| t.and_utc().timestamp_micros().div_euclid(1000))
-        .map_err(|e| format!("{s:?} is not a timestamp of the form {fmt} ({e})"))
+    naive_us(s, fmt).map(|us| us.div_euclid(1000))
 }
 
 fn naive_us(s: &str, fmt: &str) -> std::result::Result<i64, String> {

@@ -161,23 +161,11 @@ impl HoltWinters {
 
 impl Online for HoltWinters {
     fn update(&mut self, y: f64) {
-        let mut y = if y.is_finite() { y } else { self.predict(1) };
-        // Robust mode: a point below a tenth of the forecast is a gap in the data or an
-        // outage, not a change in demand; it is learned as missing, for up to a quarter season
-        // in a row (after that the drop is real and the model follows it).
-        if self.p.robust > 0.0 && self.n >= self.season {
-            let f = self.predict(1);
-            if f > 0.0 && y < 0.1 * f && self.gap_run < self.season / 4 {
-                self.gap_run += 1;
-                y = f;
-            } else {
-                self.gap_run = 0;
-            }
-        }
         let t = self.n;
         self.n += 1;
-        self.last = y;
         if t < self.season {
+            let y = if y.is_finite() { y } else { self.last };
+            self.last = y;
             // First season: remember the raw values; the shape is set when it completes.
             self.seasonal[t] = y;
             self.warm_sum += y;
@@ -207,8 +195,23 @@ impl Online for HoltWinters {
         let s2 = self.second.get(k2).copied().unwrap_or(0.0);
         let p = self.p;
         let prev = self.level;
+        // The one-step forecast of this point: what stands in for a missing point, what a gap
+        // is measured against, and the centre of the robust clip.
+        let f = prev + p.phi * self.trend + s + s2;
+        let mut y = if y.is_finite() { y } else { f };
+        if p.robust > 0.0 {
+            // A point below a tenth of the forecast is a gap in the data or an outage, not a
+            // change in demand; it is learned as missing, for up to a quarter season in a row
+            // (after that the drop is real and the model follows it).
+            if f > 0.0 && y < 0.1 * f && self.gap_run < self.season / 4 {
+                self.gap_run += 1;
+                y = f;
+            } else {
+                self.gap_run = 0;
+            }
+        }
+        self.last = y;
         if p.robust > 0.0 && self.scale2 > 0.0 {
-            let f = prev + p.phi * self.trend + s + s2;
             let lim = p.robust * self.scale2.sqrt();
             let e = y - f;
             // The scale learns from errors capped at two scales: a long run of huge errors

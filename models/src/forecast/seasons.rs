@@ -14,23 +14,39 @@ pub struct Season {
 
 /// Autocorrelation of `y` at `lag` (non-finite points skipped).
 pub fn acf(y: &[f64], lag: usize) -> f64 {
-    if lag == 0 || lag >= y.len() {
-        return 0.0;
+    Centred::new(y).acf(lag)
+}
+
+/// A series less its mean, with its sum of squares: computed once, then asked for many lags.
+struct Centred {
+    c: Vec<f64>,
+    ss: f64,
+}
+
+impl Centred {
+    fn new(y: &[f64]) -> Centred {
+        let (sum, n) = y
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        let mean = sum / n.max(1) as f64;
+        let c: Vec<f64> = y.iter().map(|v| v - mean).collect();
+        let ss = c.iter().filter(|v| v.is_finite()).map(|v| v * v).sum();
+        Centred { c, ss }
     }
-    let fin: Vec<f64> = y.iter().copied().filter(|v| v.is_finite()).collect();
-    let mean = fin.iter().sum::<f64>() / fin.len().max(1) as f64;
-    let var: f64 = fin.iter().map(|v| (v - mean).powi(2)).sum();
-    if var == 0.0 {
-        return 0.0;
-    }
-    let mut s = 0.0;
-    for t in lag..y.len() {
-        let (a, b) = (y[t], y[t - lag]);
-        if a.is_finite() && b.is_finite() {
-            s += (a - mean) * (b - mean);
+
+    fn acf(&self, lag: usize) -> f64 {
+        if lag == 0 || lag >= self.c.len() || self.ss == 0.0 {
+            return 0.0;
         }
+        let s: f64 = self.c[lag..]
+            .iter()
+            .zip(&self.c)
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|(a, b)| a * b)
+            .sum();
+        s / self.ss
     }
-    s / var
 }
 
 /// The series less its centred moving average over `w` points: slow changes of level
@@ -74,19 +90,20 @@ pub fn detect(y: &[f64], min_period: usize, max_period: usize, min_acf: f64) -> 
         .threshold(0.3)
         .build();
     let pg = det.periodogram(&flat);
+    let flat_acf = Centred::new(&flat);
     let mut out: Vec<Season> = Vec::new();
     for p in pg.peaks(0.3) {
         let lo = (p.next_period.min(p.prev_period) as usize).max(min_period);
         let hi = (p.next_period.max(p.prev_period) as usize).min(max_period);
         let (mut best, mut best_acf) = (p.period as usize, f64::NEG_INFINITY);
         for lag in lo..=hi.max(lo) {
-            let a = acf(&flat, lag);
+            let a = flat_acf.acf(lag);
             if a > best_acf {
                 best = lag;
                 best_acf = a;
             }
         }
-        let peak = best_acf - acf(&flat, best / 2) >= 0.1;
+        let peak = best_acf - flat_acf.acf(best / 2) >= 0.1;
         if peak && best_acf >= min_acf && !out.iter().any(|s| s.period.abs_diff(best) * 20 <= best)
         {
             out.push(Season {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use vivremotion_datasets::{catalog, describe::duration, Series};
 use vivremotion_models::forecast::backtest::{self, HorizonRun, Spec, Trial};
 use vivremotion_models::forecast::{seasons, Setup};
-use vivremotion_models::metrics;
 
 pub struct Args {
     /// A dataset name or a file of the user's.
@@ -365,9 +364,4 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
          same model's recent errors at the same horizon."
     );
     o
-}
-
-/// MAE of a run, for callers that compare two runs directly.
-pub fn mae(run: &HorizonRun) -> f64 {
-    metrics::mae(&run.actual, &run.point)
 }
