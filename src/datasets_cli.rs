@@ -110,3 +110,33 @@ pub fn eval_forecast(
     println!("report: {}", args.out.join("report.md").display());
     Ok(())
 }
+
+pub fn eval_anomaly(
+    nab: Option<PathBuf>,
+    detector: String,
+    out: PathBuf,
+    plots: bool,
+) -> Result<()> {
+    use vivremotion_simulations::eval::anomaly;
+    let args = anomaly::Args {
+        nab: nab.unwrap_or_else(|| catalog::root(None).join("nab")),
+        detector,
+        out,
+        plots,
+    };
+    let r = anomaly::run(&args)?;
+    println!("{}: {} series, {} points", r.detector, r.series, r.points);
+    for p in &r.profiles {
+        println!(
+            "  {:<20} NAB score {:6.2}  (threshold {:.4}, {} of {} windows hit, {} false alarms)",
+            p.profile.name,
+            p.normalised,
+            p.best.threshold,
+            p.best.windows_hit,
+            p.windows,
+            p.best.fp
+        );
+    }
+    println!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}

@@ -175,6 +175,25 @@ enum EvalCommand {
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
     },
+    /// Runs a streaming detector over every series of a NAB-layout folder, writes NAB's result
+    /// layout and scores it with a built-in copy of NAB's scorer (standard, low-FP and low-FN
+    /// profiles, normalised against NAB's null detector).
+    Anomaly {
+        /// A folder with data/<category>/*.csv and labels/combined_windows.json
+        /// (default: the dataset root's nab/).
+        #[arg(long, value_name = "DIR")]
+        nab: Option<PathBuf>,
+        /// combined, residual or changepoint.
+        #[arg(long, default_value = "combined")]
+        detector: String,
+        /// Output folder: <detector>/<category>/<detector>_<file>.csv, report.md,
+        /// results.json and plots/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Skip the chart per series.
+        #[arg(long)]
+        no_plots: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,6 +238,12 @@ fn run_eval(command: EvalCommand) -> Result<()> {
             no_mstl,
             root,
         } => datasets_cli::eval_forecast(dataset, resample, horizons, out, !no_mstl, root),
+        EvalCommand::Anomaly {
+            nab,
+            detector,
+            out,
+            no_plots,
+        } => datasets_cli::eval_anomaly(nab, detector, out, !no_plots),
     }
 }
 

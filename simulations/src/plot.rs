@@ -97,3 +97,113 @@ pub fn forecast(
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
+
+/// A series (above) and its anomaly scores (below) against time in days, with the label
+/// windows shaded red, the probation period grey and the chosen threshold dashed.
+#[allow(clippy::too_many_arguments)]
+pub fn anomaly(
+    path: &Path,
+    title: &str,
+    ts_ms: &[i64],
+    values: &[f64],
+    scores: &[f64],
+    windows: &[(i64, i64)],
+    probation_end_ms: Option<i64>,
+    threshold: f64,
+) -> Result<(), String> {
+    let t0 = ts_ms.first().copied().unwrap_or(0);
+    let day = |t: i64| (t - t0) as f64 / 86_400_000.0;
+    let xs: Vec<f64> = ts_ms.iter().map(|&t| day(t)).collect();
+    let x1 = xs.last().copied().unwrap_or(1.0).max(1e-9);
+    let root = SVGBackend::new(path, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 18))
+        .map_err(|e| e.to_string())?;
+    let (top, bottom) = root.split_vertically(360);
+    let red = RGBColor(214, 39, 40);
+    let shade = |chart: &mut ChartContext<
+        '_,
+        SVGBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+                 y0: f64,
+                 y1: f64|
+     -> Result<(), String> {
+        if let Some(p) = probation_end_ms {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y0), (day(p), y1)],
+                    BLACK.mix(0.08).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .draw_series(windows.iter().map(|&(a, b)| {
+                Rectangle::new([(day(a), y0), (day(b), y1)], red.mix(0.15).filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    let (y0, y1) = range(&[values]);
+    let mut chart = ChartBuilder::on(&top)
+        .margin(10)
+        .x_label_area_size(20)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x1, y0..y1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .y_desc("value")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    shade(&mut chart, y0, y1)?;
+    chart
+        .draw_series(LineSeries::new(
+            xs.iter()
+                .zip(values)
+                .filter(|(_, v)| v.is_finite())
+                .map(|(x, v)| (*x, *v)),
+            BLACK.mix(0.75).stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&bottom)
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x1, 0.0..1.05)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("days since the start of the series")
+        .y_desc("anomaly score")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    shade(&mut chart, 0.0, 1.05)?;
+    let blue = RGBColor(31, 119, 180);
+    chart
+        .draw_series(LineSeries::new(
+            xs.iter().zip(scores).map(|(x, v)| (*x, *v)),
+            blue.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+    if threshold <= 1.0 {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, threshold), (x1, threshold)],
+                6,
+                4,
+                red.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(
+                xs.iter()
+                    .zip(scores)
+                    .filter(|(_, s)| **s >= threshold)
+                    .map(|(x, s)| Circle::new((*x, *s), 3, red.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}

@@ -153,7 +153,6 @@ fn run_online<F: Online>(
 ) -> Vec<HorizonRun> {
     let mut c = Calibrated::new(model, &setup.horizons, setup.interval_window);
     let mut runs = empty_runs(setup);
-    let mut scratch = Vec::new();
     let mut next = from;
     for (t, v) in y.iter().enumerate().take(to) {
         c.update(*v);
@@ -167,8 +166,8 @@ fn run_online<F: Online>(
             if target >= y.len() {
                 continue;
             }
-            let (f, i80) = c.interval(i, 0.8, &mut scratch);
-            let (_, i95) = c.interval(i, 0.95, &mut scratch);
+            let (f, i80) = c.interval(i, 0.8);
+            let (_, i95) = c.interval(i, 0.95);
             let (lo80, hi80) = i80.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
             let (lo95, hi95) = i95.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
             r.target.push(target);

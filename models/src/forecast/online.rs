@@ -274,6 +274,9 @@ pub struct Calibrated<F> {
     pending: Vec<Vec<f64>>,
     /// Per horizon: the last `window` errors (ring).
     errors: Vec<Vec<f64>>,
+    /// The same errors kept sorted, so an interval is two lookups instead of a sort: one
+    /// update moves at most `window` floats, a query reads two.
+    sorted: Vec<Vec<f64>>,
     err_n: Vec<usize>,
     window: usize,
 }
@@ -285,6 +288,10 @@ impl<F: Online> Calibrated<F> {
             model,
             pending: horizons.iter().map(|h| vec![f64::NAN; *h]).collect(),
             errors: horizons
+                .iter()
+                .map(|_| Vec::with_capacity(window))
+                .collect(),
+            sorted: horizons
                 .iter()
                 .map(|_| Vec::with_capacity(window))
                 .collect(),
@@ -308,11 +315,20 @@ impl<F: Online> Calibrated<F> {
             if f.is_finite() && y.is_finite() {
                 let e = y - f;
                 let ring = &mut self.errors[i];
+                let sorted = &mut self.sorted[i];
                 if ring.len() < self.window {
                     ring.push(e);
                 } else {
-                    ring[self.err_n[i] % self.window] = e;
+                    let slot = self.err_n[i] % self.window;
+                    let old = ring[slot];
+                    ring[slot] = e;
+                    let at = sorted.partition_point(|v| v.total_cmp(&old).is_lt());
+                    if at < sorted.len() {
+                        sorted.remove(at);
+                    }
                 }
+                let at = sorted.partition_point(|v| v.total_cmp(&e).is_lt());
+                sorted.insert(at, e);
                 self.err_n[i] += 1;
             }
         }
@@ -326,22 +342,14 @@ impl<F: Online> Calibrated<F> {
 
     /// Point forecast and the central interval at `level` (e.g. 0.8) for horizon index `i`.
     /// The interval is `None` until some errors at that horizon have been seen.
-    pub fn interval(
-        &self,
-        i: usize,
-        level: f64,
-        scratch: &mut Vec<f64>,
-    ) -> (f64, Option<(f64, f64)>) {
+    pub fn interval(&self, i: usize, level: f64) -> (f64, Option<(f64, f64)>) {
         let h = self.horizons[i];
         let f = self.model.predict(h);
-        let errs = &self.errors[i];
-        if errs.len() < 10 {
+        let sorted = &self.sorted[i];
+        if sorted.len() < 10 {
             return (f, None);
         }
-        scratch.clear();
-        scratch.extend_from_slice(errs);
-        scratch.sort_unstable_by(f64::total_cmp);
-        let q = |p: f64| crate::metrics::quantile_sorted(scratch, p);
+        let q = |p: f64| crate::metrics::quantile_sorted(sorted, p);
         let lo = (1.0 - level) / 2.0;
         (f, Some((f + q(lo), f + q(1.0 - lo))))
     }
@@ -469,13 +477,33 @@ mod tests {
     }
 
     #[test]
+    fn the_sorted_errors_match_a_sort_of_the_ring() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut c = Calibrated::new(SeasonalNaive::new(3), &[1, 4], 50);
+        for t in 0..2000 {
+            // Repeated values and jumps both occur, so ties are exercised.
+            let y = if t % 7 == 0 {
+                5.0
+            } else {
+                rng.random_range(0.0f64..100.0).round()
+            };
+            c.update(y);
+            for i in 0..2 {
+                let mut want = c.errors[i].clone();
+                want.sort_by(f64::total_cmp);
+                assert_eq!(c.sorted[i], want, "t {t} horizon {i}");
+            }
+        }
+    }
+
+    #[test]
     fn conformal_intervals_cover_about_their_level_on_noise() {
         use rand::{rngs::SmallRng, Rng, SeedableRng};
         let mut rng = SmallRng::seed_from_u64(3);
         let mut c = Calibrated::new(SeasonalNaive::new(1), &[1, 5], 400);
         let mut hits = [0usize; 2];
         let mut n = 0;
-        let mut scratch = Vec::new();
         let mut pending: Vec<(usize, f64, f64, f64)> = Vec::new();
         for t in 0..20_000 {
             let y: f64 = 50.0 + rng.random_range(-10.0..10.0);
@@ -488,7 +516,7 @@ mod tests {
             c.update(y);
             if t > 1000 {
                 for i in 0..2 {
-                    if let (_, Some((lo, hi))) = c.interval(i, 0.8, &mut scratch) {
+                    if let (_, Some((lo, hi))) = c.interval(i, 0.8) {
                         pending.push((t + c.horizons()[i], lo, hi, i as f64));
                         if i == 0 {
                             n += 1;

@@ -1,6 +1,8 @@
 //! Model evaluations on real data, written as reports a person reads.
 
+pub mod anomaly;
 pub mod forecast;
+pub mod nab;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
