@@ -16,10 +16,28 @@ fn cmd() -> Command {
     c
 }
 
+/// Runs to success and returns stdout.
+fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs to failure and returns stderr.
+fn fails(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn eval_forecast_writes_a_report_and_beats_seasonal_naive_on_servegen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = cmd()
+    let stdout = ok(cmd()
         .args([
             "eval",
             "forecast",
@@ -30,15 +48,7 @@ fn eval_forecast_writes_a_report_and_beats_seasonal_naive_on_servegen() {
             "--no-mstl",
             "--out",
         ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(dir.path()));
     assert!(stdout.contains("chose Holt-Winters"), "{stdout}");
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("results.json")).expect("results.json"),
@@ -76,21 +86,19 @@ fn eval_forecast_writes_a_report_and_beats_seasonal_naive_on_servegen() {
 #[test]
 fn a_horizon_shorter_than_the_step_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = cmd()
-        .args([
-            "eval",
-            "forecast",
-            "--dataset",
-            "servegen-m-small",
-            "--horizons",
-            "5m",
-            "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        cmd()
+            .args([
+                "eval",
+                "forecast",
+                "--dataset",
+                "servegen-m-small",
+                "--horizons",
+                "5m",
+                "--out",
+            ])
+            .arg(dir.path()),
+    );
     assert!(
         err.contains("horizon 5 min is not a whole number of the series' 10 min steps"),
         "{err}"
@@ -102,17 +110,9 @@ fn a_horizon_shorter_than_the_step_is_refused_by_name() {
 #[test]
 fn eval_anomaly_writes_nab_layout_and_beats_windowed_gaussian() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = cmd()
+    let stdout = ok(cmd()
         .args(["eval", "anomaly", "--detector", "combined", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(dir.path()));
     assert!(stdout.contains("51 series"), "{stdout}");
     // NAB's layout, row for row with the data file.
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/nab/data");
@@ -174,32 +174,28 @@ fn eval_anomaly_writes_nab_layout_and_beats_windowed_gaussian() {
 #[test]
 fn eval_anomaly_names_what_is_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = cmd()
-        .args([
-            "eval",
-            "anomaly",
-            "--detector",
-            "nope",
-            "--no-plots",
-            "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        cmd()
+            .args([
+                "eval",
+                "anomaly",
+                "--detector",
+                "nope",
+                "--no-plots",
+                "--out",
+            ])
+            .arg(dir.path()),
+    );
     assert!(
         err.contains("unknown detector \"nope\"") && err.contains("combined"),
         "{err}"
     );
-    let out = cmd()
-        .args(["eval", "anomaly", "--nab"])
-        .arg(dir.path())
-        .arg("--out")
-        .arg(dir.path().join("o"))
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        cmd()
+            .args(["eval", "anomaly", "--nab"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(dir.path().join("o")),
+    );
     assert!(err.contains("combined_windows.json"), "{err}");
 }

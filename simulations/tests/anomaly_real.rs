@@ -49,7 +49,10 @@ fn labelled_incidents_outscore_everything_else() {
         let (inside, outside, why) = peaks("combined", &s);
         assert!(!inside.is_empty());
         for (w, (p, r)) in inside.iter().zip(&why).enumerate() {
-            assert!(*p > outside, "{key} window {w}: {p} vs outside {outside} ({r})");
+            assert!(
+                *p > outside,
+                "{key} window {w}: {p} vs outside {outside} ({r})"
+            );
             assert!(!r.is_empty());
         }
     }
@@ -64,7 +67,10 @@ fn a_cpu_incident_is_found_by_each_detector_with_its_reason() {
         ("changepoint", "level moved from"),
     ] {
         let (inside, outside, why) = peaks(name, &s);
-        assert!(inside[0] > outside, "{name}: {inside:?} vs {outside} {why:?}");
+        assert!(
+            inside[0] > outside,
+            "{name}: {inside:?} vs {outside} {why:?}"
+        );
         assert!(why[0].contains(words), "{name}: {why:?}");
     }
 }

@@ -131,6 +131,28 @@ pub struct AtThreshold {
     pub windows_hit: usize,
 }
 
+/// Running totals of the sweep at the current threshold.
+#[derive(Default)]
+struct Tally {
+    fp_sum: f64,
+    window_sum: f64,
+    tp: usize,
+    fp: usize,
+    hit: usize,
+}
+
+impl Tally {
+    fn at(&self, threshold: f64) -> AtThreshold {
+        AtThreshold {
+            threshold,
+            score: self.fp_sum + self.window_sum,
+            tp: self.tp,
+            fp: self.fp,
+            windows_hit: self.hit,
+        }
+    }
+}
+
 /// `Sweeper.calcScoreByThreshold` + `optimizer.optimizeThreshold`: the best threshold.
 fn optimise(points: &mut [Point], n_windows: usize, p: &Profile) -> AtThreshold {
     // Descending and stable, as Python's sorted(reverse=True).
@@ -140,63 +162,41 @@ fn optimise(points: &mut [Point], n_windows: usize, p: &Profile) -> AtThreshold 
     for w in points.iter().filter_map(|q| q.window) {
         scorable[w] = true;
     }
-    let mut fp_sum = 0.0;
-    let mut window_sum: f64 = scorable.iter().filter(|&&s| s).count() as f64 * -p.fn_;
-    let (mut tp, mut fp, mut hit) = (0, 0, 0);
+    let mut n = Tally {
+        window_sum: scorable.iter().filter(|&&s| s).count() as f64 * -p.fn_,
+        ..Tally::default()
+    };
     let mut cur = 1.1;
-    let mut best = AtThreshold {
-        threshold: cur,
-        score: fp_sum + window_sum,
-        tp,
-        fp,
-        windows_hit: hit,
-    };
-    let consider = |at: AtThreshold, best: &mut AtThreshold| {
-        if at.score > best.score {
-            *best = at;
-        }
-    };
+    let mut best = n.at(cur);
     for q in points.iter() {
         if q.score != cur {
-            consider(
-                AtThreshold {
-                    threshold: cur,
-                    score: fp_sum + window_sum,
-                    tp,
-                    fp,
-                    windows_hit: hit,
-                },
-                &mut best,
-            );
+            let at = n.at(cur);
+            if at.score > best.score {
+                best = at;
+            }
             cur = q.score;
         }
         match q.window {
             None => {
-                fp += 1;
-                fp_sum += q.sweep;
+                n.fp += 1;
+                n.fp_sum += q.sweep;
             }
             Some(w) => {
-                tp += 1;
+                n.tp += 1;
                 let old = best_in[w].unwrap_or(-p.fn_);
                 if best_in[w].is_none() {
-                    hit += 1;
+                    n.hit += 1;
                 }
                 let new = old.max(q.sweep);
                 best_in[w] = Some(new);
-                window_sum += new - old;
+                n.window_sum += new - old;
             }
         }
     }
-    consider(
-        AtThreshold {
-            threshold: cur,
-            score: fp_sum + window_sum,
-            tp,
-            fp,
-            windows_hit: hit,
-        },
-        &mut best,
-    );
+    let at = n.at(cur);
+    if at.score > best.score {
+        best = at;
+    }
     best
 }
 
