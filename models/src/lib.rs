@@ -5,4 +5,5 @@
 
 pub mod anomaly;
 pub mod forecast;
+pub mod latency;
 pub mod metrics;
