@@ -99,7 +99,8 @@ pub fn forecast(
 }
 
 /// A series (above) and its anomaly scores (below) against time in days, with the label
-/// windows shaded red, the probation period grey and the chosen threshold dashed.
+/// windows shaded red, the probation period grey, the chosen threshold dashed and the scored
+/// detections (after probation) marked.
 #[allow(clippy::too_many_arguments)]
 pub fn anomaly(
     path: &Path,
@@ -200,7 +201,11 @@ pub fn anomaly(
             .draw_series(
                 xs.iter()
                     .zip(scores)
-                    .filter(|(_, s)| **s >= threshold)
+                    .zip(ts_ms)
+                    .filter(|((_, s), t)| {
+                        **s >= threshold && probation_end_ms.is_none_or(|p| **t >= p)
+                    })
+                    .map(|(xs, _)| xs)
                     .map(|(x, s)| Circle::new((*x, *s), 3, red.filled())),
             )
             .map_err(|e| e.to_string())?;

@@ -64,14 +64,18 @@ fn stamp(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn detect(name: &str, s: &Series) -> Result<Run, EvalError> {
-    let mut d = anomaly::by_name(name).ok_or_else(|| {
+fn detector(name: &str) -> Result<Box<dyn anomaly::Streaming + Send>, EvalError> {
+    anomaly::by_name(name).ok_or_else(|| {
         let known: Vec<&str> = anomaly::DETECTORS.iter().map(|d| d.0).collect();
         invalid(format!(
             "unknown detector {name:?}; known: {}",
             known.join(", ")
         ))
-    })?;
+    })
+}
+
+fn detect(name: &str, s: &Series) -> Result<Run, EvalError> {
+    let mut d = detector(name)?;
     let mut scores = Vec::with_capacity(s.values.len());
     let mut reasons = Vec::with_capacity(s.values.len());
     for &x in &s.values {
@@ -128,6 +132,7 @@ pub fn run(args: &Args) -> Result<Report, EvalError> {
             args.detector
         )));
     }
+    detector(&args.detector)?;
     let all = catalog::load_nab_dir(&args.nab, None)?;
     if all.is_empty() {
         return Err(invalid(format!(
