@@ -119,7 +119,7 @@ impl fmt::Display for Reason {
                 tail,
             } => write!(
                 f,
-                "{} against a forecast of {} ± {} ({z:+.1} σ; {recent_z:.1} σ on average over the last points, chance {})",
+                "{} against a forecast of {}: an error of {z:+.1} σ (σ = {}), {recent_z:.1} σ over the recent points; chance {}",
                 num(value),
                 num(forecast),
                 num(scale),

@@ -118,7 +118,7 @@ impl<F: Online> Streaming for Residual<F> {
         } else {
             a
         };
-        let rate = self.p.scale_alpha.max(1.0 / (self.seen - 1) as f64);
+        let rate = self.p.scale_alpha.max(1.0 / (self.seen - 1).max(1) as f64);
         self.mae += rate * (a.min(bound) - self.mae);
         self.short.push(z.abs());
         let recent = self.short.mean();
