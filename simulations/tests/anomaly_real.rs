@@ -14,7 +14,7 @@ fn nab(key: &str) -> vivremotion_datasets::Series {
 /// Highest score inside each label window, and outside all of them, after NAB's probation.
 fn peaks(name: &str, s: &vivremotion_datasets::Series) -> (Vec<f64>, f64, Vec<String>) {
     let mut d = anomaly::by_name(name).unwrap_or_else(|| panic!("{name}"));
-    let start = ((0.15 * s.values.len() as f64) as usize).min(750);
+    let start = vivremotion_simulations::eval::nab::probation(s.values.len());
     let mut inside = vec![0.0f64; s.windows.len()];
     let mut outside = 0.0f64;
     let mut why = vec![String::new(); s.windows.len()];

@@ -100,17 +100,14 @@ impl Streaming for Changepoint {
         if sigma == 0.0 {
             return Signal::quiet(Reason::Flat { value: self.mean });
         }
-        let was_idle = self.up == 0.0 && self.down == 0.0;
         self.up = (self.up + u - self.p.k).max(0.0);
         self.down = (self.down - u - self.p.k).max(0.0);
+        // The run is empty whenever both sums are at zero (here or at an accepted shift), so
+        // a new excursion always starts counting from nothing.
         if self.up == 0.0 && self.down == 0.0 {
             self.run = 0;
             self.run_sum = 0.0;
         } else {
-            if was_idle {
-                self.run = 0;
-                self.run_sum = 0.0;
-            }
             self.run += 1;
             self.run_sum += x;
         }
@@ -123,11 +120,7 @@ impl Streaming for Changepoint {
         let reason = Reason::Shift {
             before,
             after,
-            sigmas: if sigma > 0.0 {
-                (after - before) / sigma
-            } else {
-                0.0
-            },
+            sigmas: (after - before) / sigma,
             since: self.run,
             cusum: evidence,
             limit: self.p.limit,

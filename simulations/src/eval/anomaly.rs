@@ -74,7 +74,7 @@ fn detector(name: &str) -> Result<Box<dyn anomaly::Streaming + Send>, EvalError>
     })
 }
 
-fn detect(name: &str, s: &Series) -> Result<Run, EvalError> {
+fn detect(name: &str, s: Series) -> Result<Run, EvalError> {
     let mut d = detector(name)?;
     let mut scores = Vec::with_capacity(s.values.len());
     let mut reasons = Vec::with_capacity(s.values.len());
@@ -84,7 +84,7 @@ fn detect(name: &str, s: &Series) -> Result<Run, EvalError> {
         reasons.push(sig.reason);
     }
     Ok(Run {
-        series: s.clone(),
+        series: s,
         scores,
         reasons,
     })
@@ -142,9 +142,10 @@ pub fn run(args: &Args) -> Result<Report, EvalError> {
     }
     let pb = progress(all.len() as u64, "detecting");
     let mut runs = Vec::with_capacity(all.len());
-    for s in &all {
+    for s in all {
+        let path = result_path(&args.out, &args.detector, &s.name)?;
         let r = detect(&args.detector, s)?;
-        write_result(&result_path(&args.out, &args.detector, &s.name)?, &r)?;
+        write_result(&path, &r)?;
         runs.push(r);
         pb.inc(1);
     }
@@ -202,13 +203,12 @@ pub fn run(args: &Args) -> Result<Report, EvalError> {
 }
 
 fn probation_end(ts: &[i64]) -> Option<i64> {
-    let n = ((0.15 * ts.len() as f64).floor() as usize).min(750);
-    ts.get(n).copied()
+    ts.get(nab::probation(ts.len())).copied()
 }
 
 fn file_row(r: &Run, threshold: f64) -> FileRow {
     let ts = &r.series.ts_ms;
-    let start = ((0.15 * ts.len() as f64).floor() as usize).min(750);
+    let start = nab::probation(ts.len());
     let inside = |t: i64| r.series.windows.iter().position(|w| w.0 <= t && t <= w.1);
     let mut hit = vec![false; r.series.windows.len()];
     let mut false_alarms = 0;

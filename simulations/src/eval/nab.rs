@@ -68,8 +68,9 @@ struct Point {
     window: Option<usize>,
 }
 
-fn probation(n: usize) -> f64 {
-    ((0.15 * n as f64).floor()).min(0.15 * 5000.0)
+/// Points at the start of an `n`-point file that NAB leaves unscored: min(⌊0.15 n⌋, 750).
+pub fn probation(n: usize) -> usize {
+    ((0.15 * n as f64).floor() as usize).min(750)
 }
 
 /// `Sweeper.calcSweepScore` for one file; windows are numbered from `first_window`.
@@ -104,7 +105,7 @@ fn sweep(f: &File<'_>, p: &Profile, first_window: usize, out: &mut Vec<Point>) {
                 (s * p.fp, None)
             }
         };
-        if i as f64 >= prob {
+        if i >= prob {
             out.push(Point {
                 score,
                 sweep,
