@@ -30,21 +30,7 @@ use std::time::Duration;
 use vivremotion_protocol::telemetry::Priority;
 use vivremotion_protocol::Nanos;
 
-/// Where the lines go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    Stdout,
-    Stderr,
-    File(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AccessLogConfig {
-    pub target: Target,
-    /// Lines that may wait for the writer; more are dropped and counted.
-    pub buffer: usize,
-}
+pub use crate::config::{AccessLogConfig, Target};
 
 /// What admission control decided about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -25,7 +25,6 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod client;
-pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
@@ -45,7 +44,7 @@ pub mod tls;
 pub mod wait;
 
 // The decision core, under the names the proxy has always used for it.
-pub use vivremotion_decide::{balance, control, endpoint, flow, guard, trace};
+pub use vivremotion_decide::{balance, config, control, endpoint, flow, guard, trace};
 
 pub use app::{App, AppError, AppOptions};
 pub use config::Config;

@@ -5,54 +5,35 @@
 //! version to the end, so no request ever sees half a change. Endpoint state, statistics and
 //! connection pools are looked up in [`Registries`] while building, so they survive rebuilds.
 
-use crate::balance::{hash::hash64, Balancer, PickInput};
+use crate::balance::{hash::hash64, PickInput};
 use crate::body::ScopeRef;
 use crate::client::{ClientError, ClusterClients};
 use crate::config::{Config, HashOn, RouteConfig};
 use crate::endpoint::EndpointState;
 use crate::routing;
-use crate::telemetry::{ScopeStats, StatsRegistry};
+use crate::telemetry::ScopeStats;
 use http::header::HeaderName;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Uri};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use vivremotion_decide::flow::{NoEndpoint, Refused, RetryBudgets, RouteCore};
-use vivremotion_protocol::telemetry::Scope;
+use vivremotion_decide::build::{self, PolicyMismatch};
+use vivremotion_decide::flow::{NoEndpoint, Refused, RouteCore};
 use vivremotion_protocol::Policy;
 
-/// Scope name of requests answered before any route matched.
-pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+pub use vivremotion_decide::build::{WeightSource, UNMATCHED_ROUTE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("routes.{route}.rate_limits.{limit}: the route has no rate limit of that name")]
-    PolicyUnknownLimit { route: String, limit: String },
-    #[error("routes.{route}: the policy names a route the config does not have")]
-    PolicyUnknownRoute { route: String },
-    #[error("routes.{route}.upstream_weights.{endpoint}: not an endpoint of cluster {cluster:?}")]
-    PolicyUnknownEndpoint {
-        route: String,
-        endpoint: String,
-        cluster: String,
-    },
-    #[error("routes.{route}.upstream_weights: with this policy every endpoint of the route has weight 0")]
-    PolicyAllZero { route: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyMismatch),
     #[error("clusters.{cluster}: {source}")]
     Client {
         cluster: String,
         #[source]
         source: ClientError,
     },
-}
-
-/// Where an endpoint's effective weight came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightSource {
-    Config,
-    Policy,
 }
 
 pub struct RouteRuntime {
@@ -176,28 +157,34 @@ impl Snapshot {
             .position(|rt| routing::matches_view(&rt.cfg.matcher, r))
     }
 
+    /// Every route's config and decision half, for the periodic steps.
+    pub fn route_refs(&self) -> Vec<build::RouteRef<'_>> {
+        self.routes.iter().map(|r| (&r.cfg, &r.core)).collect()
+    }
+
     pub fn policy_version(&self) -> u64 {
         self.policy.as_ref().map_or(0, |p| p.version)
     }
 }
 
-/// State that outlives snapshots: endpoint load, statistics and connection pools.
+/// State that outlives snapshots: the decision core's (endpoint load, statistics, budgets,
+/// limiters; reached through `Deref`) and the connection pools.
 #[derive(Default)]
 pub struct Registries {
-    pub stats: StatsRegistry,
-    endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
+    pub core: build::Registries,
     clients: Mutex<HashMap<String, Arc<ClusterClients>>>,
-    route_budgets: Mutex<HashMap<String, Arc<RetryBudgets>>>,
-    pub limits: crate::limits::LimitRegistry,
 }
 
-impl Registries {
-    /// Every endpoint state, sorted by cluster then address.
-    pub fn endpoints(&self) -> Vec<Arc<EndpointState>> {
-        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = map.values().cloned().collect();
-        v.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
-        v
+impl std::ops::Deref for Registries {
+    type Target = build::Registries;
+    fn deref(&self) -> &build::Registries {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for Registries {
+    fn deref_mut(&mut self) -> &mut build::Registries {
+        &mut self.core
     }
 }
 
@@ -206,54 +193,6 @@ pub struct Built {
     pub snapshot: Snapshot,
     /// Policy entries that no longer match the config (only when not strict).
     pub warnings: Vec<String>,
-}
-
-/// Every reason a new policy does not fit the config, checked before any state changes.
-fn check_policy(config: &Config, p: &Policy) -> Result<(), BuildError> {
-    for (name, o) in &p.routes {
-        let Some(rc) = config.routes.iter().find(|r| &r.name == name) else {
-            return Err(BuildError::PolicyUnknownRoute {
-                route: name.clone(),
-            });
-        };
-        if let Some(limit) = o
-            .rate_limits
-            .keys()
-            .find(|l| !rc.rate_limits.iter().any(|c| &c.name == *l))
-        {
-            return Err(BuildError::PolicyUnknownLimit {
-                route: name.clone(),
-                limit: limit.clone(),
-            });
-        }
-        let Some(cluster) = config.clusters.get(&rc.cluster) else {
-            continue;
-        };
-        if let Some(ep) = o
-            .upstream_weights
-            .keys()
-            .find(|ep| !cluster.endpoints.iter().any(|e| &e.address == *ep))
-        {
-            return Err(BuildError::PolicyUnknownEndpoint {
-                route: name.clone(),
-                endpoint: ep.clone(),
-                cluster: cluster.name.clone(),
-            });
-        }
-        let all_zero = cluster.endpoints.iter().all(|e| {
-            o.upstream_weights
-                .get(&e.address)
-                .copied()
-                .unwrap_or(e.weight)
-                == 0
-        });
-        if all_zero {
-            return Err(BuildError::PolicyAllZero {
-                route: name.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Compile `config` + `policy` into a snapshot.
@@ -269,30 +208,13 @@ pub fn build(
     generation: u64,
     clock: &Arc<dyn vivremotion_protocol::Clock>,
 ) -> Result<Built, BuildError> {
-    let now = clock.now();
     let workers = config.proxy.workers;
-    let mut warnings = Vec::new();
-    // Building touches state that outlives snapshots (limiters, budgets, breakers): a policy
-    // that is going to be rejected must be rejected before anything is touched. Past this
-    // check, policy entries that do not fit are only warned about (the config changed).
     if let (true, Some(p)) = (strict, &policy) {
-        check_policy(&config, p)?;
+        build::check_policy(&config, p)?;
     }
-    reg.limits.begin();
-    if let Some(p) = &policy {
-        for name in p.routes.keys() {
-            if !config.routes.iter().any(|r| &r.name == name) {
-                warnings.push(format!(
-                    "policy route {name:?} is not in the config; ignored"
-                ));
-            }
-        }
-    }
-
+    // Connection pools first: a transport that cannot be built fails the build before the
+    // decision state is touched.
     let mut clients_map = reg.clients.lock().unwrap_or_else(|p| p.into_inner());
-    let mut endpoints_map = reg.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-    let mut route_budgets = reg.route_budgets.lock().unwrap_or_else(|p| p.into_inner());
-    let mut live_budgets = HashSet::new();
     let mut new_clients = HashMap::new();
     for (name, c) in &config.clusters {
         let clients = match clients_map.get(name) {
@@ -308,152 +230,43 @@ pub fn build(
         };
         new_clients.insert(name.clone(), clients);
     }
-
-    let mut routes = Vec::with_capacity(config.routes.len());
-    let mut live_scopes = HashSet::new();
-    let mut live_endpoints = HashSet::new();
-    for rc in &config.routes {
-        // Validation guarantees the cluster exists; a missing one would be a bug, skip safely.
+    let cores = build::cores(&config, policy.as_deref(), strict, &reg.core, clock)?;
+    let mut routes = Vec::with_capacity(cores.routes.len());
+    for cr in cores.routes {
+        let rc = &config.routes[cr.index];
         let (Some(cluster), Some(clients)) = (
             config.clusters.get(&rc.cluster),
             new_clients.get(&rc.cluster),
         ) else {
             continue;
         };
-        let overrides = policy.as_ref().and_then(|p| p.routes.get(&rc.name));
-        if let Some(o) = overrides {
-            for limit in o.rate_limits.keys() {
-                if !rc.rate_limits.iter().any(|l| &l.name == limit) {
-                    warnings.push(format!(
-                        "policy rate limit {limit:?} of route {:?} is not in the config; ignored",
-                        rc.name
-                    ));
-                }
-            }
-            for ep in o.upstream_weights.keys() {
-                if !cluster.endpoints.iter().any(|e| &e.address == ep) {
-                    warnings.push(format!(
-                        "policy endpoint {ep:?} of route {:?} is not in cluster {:?}; ignored",
-                        rc.name, cluster.name
-                    ));
-                }
-            }
-        }
-        let mut eps = Vec::new();
-        let mut auths = Vec::new();
-        let mut weights = Vec::new();
-        let mut sources = Vec::new();
-        let mut stats = Vec::new();
-        for e in &cluster.endpoints {
-            let key = (cluster.name.clone(), e.address.clone());
-            let state = endpoints_map
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(EndpointState::new(
-                        &cluster.name,
-                        &e.address,
-                        cluster.ewma_default_rtt,
-                        cluster.ewma_decay,
-                        now,
-                    ))
-                })
-                .clone();
-            state.set_decay(cluster.ewma_decay);
-            state.set_breaker(cluster.breaker);
-            if cluster.health_check.is_none() {
-                state.clear_health();
-            }
-            live_endpoints.insert(key);
-            let Ok(auth) = e.address.parse::<Authority>() else {
-                continue;
-            };
-            let (w, src) = match overrides.and_then(|o| o.upstream_weights.get(&e.address)) {
-                Some(&w) => (w, WeightSource::Policy),
-                None => (e.weight, WeightSource::Config),
-            };
-            let scope = Scope {
-                route: rc.name.clone(),
-                cluster: Some(cluster.name.clone()),
-                upstream: Some(e.address.clone()),
-            };
-            live_scopes.insert(scope.clone());
-            stats.push(reg.stats.get_or_create(scope, workers));
-            eps.push(state);
-            auths.push(auth);
-            weights.push(w);
-            sources.push(src);
-        }
-        let names: Vec<&str> = cluster
+        // Validation has parsed every address as an authority.
+        let authorities = cluster
             .endpoints
             .iter()
-            .map(|e| e.address.as_str())
+            .map(|e| {
+                e.address
+                    .parse::<Authority>()
+                    .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
+            })
             .collect();
-        let route_scope = Scope {
-            route: rc.name.clone(),
-            cluster: Some(cluster.name.clone()),
-            upstream: None,
-        };
-        live_scopes.insert(route_scope.clone());
-        let mut budget = rc.retry.budget();
-        if let Some(pct) = overrides.and_then(|o| o.retry_budget_percent) {
-            budget.ratio = pct / 100.0;
-        }
-        let budgets = route_budgets
-            .entry(rc.name.clone())
-            .or_insert_with(|| Arc::new(RetryBudgets::new(workers, budget)))
-            .clone();
-        budgets.reconfigure(budget);
-        let limits = reg
-            .limits
-            .route(rc, overrides, config.global_limits.lease_interval, clock);
-        live_budgets.insert(rc.name.clone());
         routes.push(RouteRuntime {
             cfg: rc.clone(),
             clients: clients.clone(),
-            authorities: auths.into(),
-            weight_sources: sources.into(),
+            authorities,
+            weight_sources: cr.weight_sources,
             hash_on: cluster.hash_on.clone(),
-            core: RouteCore {
-                balancer: Balancer::with_panic_threshold(
-                    cluster.balancer,
-                    &names,
-                    &weights,
-                    workers,
-                    cluster.outlier.panic_threshold,
-                ),
-                endpoints: eps.into(),
-                stats: stats.into(),
-                route_stats: reg.stats.get_or_create(route_scope, workers),
-                outlier: cluster.outlier,
-                retry: rc.retry.clone(),
-                timeout: rc.timeout,
-                budgets,
-                limits,
-            },
+            core: cr.core,
         });
     }
-    let unmatched_scope = Scope {
-        route: UNMATCHED_ROUTE.into(),
-        cluster: None,
-        upstream: None,
-    };
-    live_scopes.insert(unmatched_scope.clone());
-    let unmatched = reg.stats.get_or_create(unmatched_scope, workers);
-
-    // Only now, with the whole snapshot built, forget what the new config no longer has.
     *clients_map = new_clients;
-    endpoints_map.retain(|k, _| live_endpoints.contains(k));
-    route_budgets.retain(|k, _| live_budgets.contains(k));
-    reg.limits.retain();
-    reg.stats.retain(&live_scopes);
+    let warnings = cores.warnings;
+    let unmatched = cores.unmatched;
 
     Ok(Built {
         snapshot: Snapshot {
             generation,
-            config_fingerprint: format!(
-                "{:016x}",
-                hash64(config.redacted_json().to_string().as_bytes(), 0)
-            ),
+            config_fingerprint: build::fingerprint(&config),
             clock: clock.clone(),
             config,
             policy,

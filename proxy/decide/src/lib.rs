@@ -20,6 +20,8 @@
 //! - [`ser`]: serde helpers shared with the proxy's config.
 
 pub mod balance;
+pub mod build;
+pub mod config;
 pub mod control;
 pub mod endpoint;
 pub mod flow;

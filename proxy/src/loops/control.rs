@@ -4,12 +4,13 @@
 //! acts only through the endpoints' and limiters' atomics, which the request path reads.
 
 use crate::body::RequestBody;
-use crate::control::{Check, ClusterView, Control, HealthSchedule};
+use crate::control::{Check, ClusterView, Control};
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use vivremotion_decide::build;
 
 /// How often the loop runs the control step.
 const STEP: Duration = Duration::from_millis(20);
@@ -28,7 +29,8 @@ pub async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             _ = step.tick() => {
                 shared.loops.checkpoint(crate::loops::Loop::Control);
                 let snap = shared.snapshot.load_full();
-                let views = cluster_views(&snap);
+                let routes = snap.route_refs();
+                let views = build::cluster_views(&snap.config, &routes);
                 let limiters = shared.registries.limits.limiters();
                 checks.clear();
                 control.tick(shared.clock.now(), &views, &limiters, &mut checks);
@@ -38,26 +40,6 @@ pub async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             }
         }
     }
-}
-
-/// The snapshot's clusters as the control step sees them: each with the first route that
-/// uses it (whose endpoints, pools and outlier settings are the cluster's).
-fn cluster_views(snap: &Snapshot) -> Vec<ClusterView<'_>> {
-    snap.config
-        .clusters
-        .iter()
-        .filter_map(|(name, c)| {
-            let route = snap.routes.iter().find(|r| &r.cfg.cluster == name)?;
-            Some(ClusterView {
-                name,
-                core: &route.core,
-                health: c.health_check.as_ref().map(|hc| HealthSchedule {
-                    interval: hc.interval,
-                    jitter: hc.jitter,
-                }),
-            })
-        })
-        .collect()
 }
 
 fn spawn_check(snap: &Arc<Snapshot>, views: &[ClusterView<'_>], check: Check, slot: usize) {

@@ -9,7 +9,7 @@ use crate::telemetry::Collector;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use vivremotion_protocol::telemetry::Scope;
+use vivremotion_decide::build;
 
 pub async fn tick_loop(
     shared: Arc<Shared>,
@@ -50,26 +50,8 @@ pub async fn tick_loop(
 /// What the snapshot in force says of each scope, for the collector.
 fn with_view<R>(shared: &Shared, f: impl FnOnce(&InForceView<'_>) -> R) -> R {
     let snap = shared.snapshot.load();
-    let route = |s: &Scope| snap.routes.iter().find(|r| r.cfg.name == s.route);
-    let weight = |s: &Scope| -> Option<u32> {
-        let up = s.upstream.as_ref()?;
-        let r = route(s)?;
-        let i = r.endpoints.iter().position(|e| &e.address == up)?;
-        r.balancer.weights().get(i).copied()
-    };
-    let concurrency = |s: &Scope| -> Option<(u32, u64)> {
-        if s.upstream.is_some() {
-            return None;
-        }
-        let c = route(s)?.limits.concurrency.as_ref()?;
-        Some((c.limit(), u64::from(c.waiting())))
-    };
-    f(&InForceView {
-        policy_version: snap.policy_version(),
-        config_fingerprint: &snap.config_fingerprint,
-        weight: &weight,
-        concurrency: &concurrency,
-    })
+    let routes = snap.route_refs();
+    build::with_view(&routes, snap.policy_version(), &snap.config_fingerprint, f)
 }
 
 fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms: u64) {
@@ -80,30 +62,10 @@ fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms
             .tick(&shared.registries.stats, end_ms, view)
     });
     let now = shared.clock.now();
-    mark_endpoint_state(shared, &mut batch.windows, now);
+    build::mark_endpoint_state(&shared.registries.endpoints(), &mut batch.windows, now);
     shared.telemetry.push(batch);
     let snap = shared.snapshot.load();
     for r in snap.routes.iter() {
         r.clients.sweep(now);
-    }
-}
-
-fn mark_endpoint_state(
-    shared: &Shared,
-    windows: &mut [vivremotion_protocol::Telemetry],
-    now: vivremotion_protocol::Nanos,
-) {
-    use crate::guard::breaker::BreakerState;
-    let eps = shared.registries.endpoints();
-    for w in windows.iter_mut() {
-        let (Some(c), Some(u)) = (&w.scope.cluster, &w.scope.upstream) else {
-            continue;
-        };
-        if let Some(e) = eps.iter().find(|e| &e.cluster == c && &e.address == u) {
-            w.resilience.ejected = e.ejected(now);
-            w.resilience.unhealthy = !e.actively_healthy();
-            w.resilience.breaker_open =
-                matches!(e.breaker_view(now), Some((BreakerState::Open, _, _)));
-        }
     }
 }

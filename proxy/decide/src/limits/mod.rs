@@ -11,6 +11,7 @@
 pub mod bucket;
 pub mod concurrency;
 pub mod lease;
+pub mod registry;
 
 use crate::balance::hash::hash64;
 use crate::guard::gcra::{Gcra, KeyedGcra};

@@ -24,6 +24,23 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// `[access_log]`: the proxy's optional JSON access log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessLogConfig {
+    pub target: Target,
+    /// Lines that may wait for the writer; more are dropped and counted.
+    pub buffer: usize,
+}
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -89,7 +106,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub global_limits: admission::GlobalLimitsConfig,
     /// `None`: no access log (the default).
-    pub access_log: Option<crate::access_log::AccessLogConfig>,
+    pub access_log: Option<AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -264,7 +281,7 @@ fn is_sensitive(name: &HeaderName) -> bool {
     SENSITIVE_HEADERS.contains(&name.as_str())
 }
 
-pub(crate) use vivremotion_decide::ser::ser_duration;
+pub(crate) use crate::ser::ser_duration;
 
 fn ser_display_list<S: serde::Serializer, T: fmt::Display>(
     v: &[T],
@@ -589,11 +606,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 }
 
-fn access_log(
-    raw: &Option<RawAccessLog>,
-    errs: &mut Errors,
-) -> Option<crate::access_log::AccessLogConfig> {
-    use crate::access_log::{AccessLogConfig, Target};
+fn access_log(raw: &Option<RawAccessLog>, errs: &mut Errors) -> Option<AccessLogConfig> {
     let raw = raw.as_ref()?;
     let target = match raw.path.trim() {
         "" => {
@@ -763,7 +776,7 @@ fn validate_clusters(
                 }
             }
             if let Some(name) = &t.server_name {
-                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
                     errs.push(
                         format!("{base}.tls.server_name"),
                         format!("{name:?} is not a DNS name or IP address"),

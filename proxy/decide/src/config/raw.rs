@@ -86,7 +86,7 @@ pub struct RawServerTls {
     pub key_file: String,
 }
 
-pub use vivremotion_decide::balance::BalancerKind;
+pub use crate::balance::BalancerKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -32,7 +32,7 @@ fn minimal_config_gets_sane_defaults() {
 
 #[test]
 fn example_file_is_valid() {
-    let text = include_str!("../../../examples/vivremotion.toml");
+    let text = include_str!("../../../../examples/vivremotion.toml");
     let c = Config::parse(text).unwrap_or_else(|e| panic!("examples/vivremotion.toml: {e}"));
     assert!(!c.routes.is_empty());
 }

@@ -61,8 +61,8 @@ pub struct RawGlobalLimits {
     pub timeout: Option<String>,
 }
 
-pub use vivremotion_decide::limits::lease::OnStoreDown;
-pub use vivremotion_decide::limits::KeyPart;
+pub use crate::limits::lease::OnStoreDown;
+pub use crate::limits::KeyPart;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitConfig {

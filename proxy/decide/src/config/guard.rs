@@ -73,7 +73,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-pub use vivremotion_decide::flow::{RetryConfig, RetryOn};
+pub use crate::flow::{RetryConfig, RetryOn};
 
 pub(super) fn health_check(base: &str, r: &RawHealthCheck, errs: &mut Errors) -> HealthCheckConfig {
     let base = format!("{base}.health_check");
