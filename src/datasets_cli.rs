@@ -1,5 +1,6 @@
 //! `vivremotion datasets ...` (list, describe and export the public traces) and
-//! `vivremotion eval ...` (the models judged on them).
+//! `vivremotion eval ...` (the models judged on them) and `vivremotion sim ...` (the
+//! simulator).
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -138,5 +139,73 @@ pub fn eval_anomaly(
         );
     }
     println!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+pub fn sim_list() -> Result<()> {
+    use vivremotion_simulations::sim::scenario;
+    let shipped = scenario::shipped();
+    anyhow::ensure!(
+        !shipped.is_empty(),
+        "no scenarios in {}",
+        scenario::shipped_dir().display()
+    );
+    for (name, path) in shipped {
+        match scenario::load_file(&path) {
+            Ok(s) => println!("{name:<24} {}", s.file.purpose),
+            Err(e) => println!("{name:<24} [invalid: {e}]"),
+        }
+    }
+    Ok(())
+}
+
+pub fn sim_run(
+    scenario: &str,
+    policies: &str,
+    seeds: &str,
+    out: &Path,
+    root: Option<PathBuf>,
+    plots: bool,
+) -> Result<()> {
+    use vivremotion_simulations::sim;
+    let s = sim::scenario::load(scenario)?;
+    let policies = sim::parse_policies(policies)?;
+    let seeds = sim::parse_seeds(seeds)?;
+    let datasets = catalog::root(root.as_deref());
+    // Wall time of the whole command, printed for the person running it.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let r = sim::run_all(&sim::RunAll {
+        scenario: &s,
+        policies: &policies,
+        seeds: &seeds,
+        datasets: &datasets,
+        out,
+        plots,
+        progress: true,
+    })?;
+    println!(
+        "{}: {} policies x {} seeds in {:.1} s",
+        r.scenario,
+        r.policies.len(),
+        r.seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<14} {:>10} {:>10} {:>10} {:>9} {:>11}",
+        "policy", "p50 ms", "p99 ms", "p99.9 ms", "errors", "goodput/s"
+    );
+    for p in &r.summary {
+        println!(
+            "  {:<14} {:>10.2} {:>10.2} {:>10.2} {:>8.2}% {:>11.1}",
+            p.policy,
+            p.p50_ms.median,
+            p.p99_ms.median,
+            p.p999_ms.median,
+            100.0 * p.error_rate.median,
+            p.goodput_rps.median
+        );
+    }
+    println!("report: {}", out.join("report.md").display());
     Ok(())
 }

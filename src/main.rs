@@ -102,6 +102,12 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// Replay traces through the proxy's decision core on virtual time, with faults, and
+    /// compare policies.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Judge the models on real data (reports, JSON and SVG plots in --out).
     Eval {
         #[command(subcommand)]
@@ -196,6 +202,33 @@ enum EvalCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SimCommand {
+    /// The shipped scenarios, each with what it judges.
+    List,
+    /// Run every policy on every seed (identical arrivals and faults per seed) and write
+    /// report.md, results.json and SVG plots to --out.
+    Run {
+        /// A shipped scenario's name (`sim list`) or a scenario file.
+        scenario: String,
+        /// Comma-separated: rr, least-request, p2c-ewma, static, oracle.
+        #[arg(long, default_value = "rr,least-request,p2c-ewma,static,oracle")]
+        policies: String,
+        /// One seed (7), a list (1,3,9) or a range (1..5).
+        #[arg(long, default_value = "1")]
+        seeds: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset root (default: $VIVREMOTION_DATASETS, else ../shared/datasets).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Skip the charts.
+        #[arg(long)]
+        no_plots: bool,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Csv,
@@ -247,6 +280,26 @@ fn run_eval(command: EvalCommand) -> Result<()> {
     }
 }
 
+#[cfg(feature = "sim")]
+fn run_sim(command: SimCommand) -> Result<()> {
+    match command {
+        SimCommand::List => datasets_cli::sim_list(),
+        SimCommand::Run {
+            scenario,
+            policies,
+            seeds,
+            out,
+            root,
+            no_plots,
+        } => datasets_cli::sim_run(&scenario, &policies, &seeds, &out, root, !no_plots),
+    }
+}
+
+#[cfg(not(feature = "sim"))]
+fn run_sim(_: SimCommand) -> Result<()> {
+    anyhow::bail!("this binary was built without the simulator (cargo feature `sim`); rebuild with default features")
+}
+
 #[cfg(not(feature = "sim"))]
 fn run_eval(_: EvalCommand) -> Result<()> {
     anyhow::bail!("this binary was built without the evaluations (cargo feature `sim`); rebuild with default features")
@@ -284,6 +337,7 @@ fn main() -> std::process::ExitCode {
             command,
         } => run_datasets(root, seed, command),
         Command::Eval { command } => run_eval(command),
+        Command::Sim { command } => run_sim(command),
         Command::Up {
             listen,
             admin,

@@ -228,6 +228,79 @@ pub fn log_answer(err: &ProxyError, request_id: &str, now_s: u64) {
 mod tests {
     use super::*;
 
+    /// The simulator answers with the decision core's statuses; the proxy's errors must agree.
+    #[test]
+    fn statuses_agree_with_the_decision_core() {
+        use vivremotion_decide::flow::{NoEndpoint, Refused, TryFailure};
+        use vivremotion_decide::limits::Refusal;
+        let ep = || "10.0.0.1:80".to_string();
+        let d = Duration::from_secs(1);
+        let failures = [
+            (
+                ProxyError::UpstreamConnect {
+                    endpoint: ep(),
+                    detail: String::new(),
+                },
+                TryFailure::Connect,
+            ),
+            (
+                ProxyError::UpstreamReset {
+                    endpoint: ep(),
+                    detail: String::new(),
+                },
+                TryFailure::Reset,
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    endpoint: ep(),
+                    timeout: d,
+                },
+                TryFailure::Timeout,
+            ),
+        ];
+        for (e, f) in failures {
+            assert_eq!(e.status().as_u16(), f.status(), "{e}");
+        }
+        let refusals = [
+            (
+                ProxyError::NoEndpoint { cluster: ep() },
+                Refused::NoEndpoint(NoEndpoint::None),
+            ),
+            (
+                ProxyError::CircuitOpen { cluster: ep() },
+                Refused::NoEndpoint(NoEndpoint::CircuitOpen),
+            ),
+            (
+                ProxyError::Overloaded {
+                    route: "r".into(),
+                    priority: "default",
+                    retry_after: d,
+                },
+                Refused::Admission(Refusal::Overloaded {
+                    priority: vivremotion_protocol::telemetry::Priority::Default,
+                }),
+            ),
+            (
+                ProxyError::RateLimited {
+                    route: "r".into(),
+                    limit: "l".into(),
+                    retry_after: d,
+                    policy: String::new(),
+                    state: String::new(),
+                },
+                Refused::Admission(Refusal::RateLimited {
+                    limit: 0,
+                    retry_after: d,
+                    remaining: 0,
+                    reset: d,
+                }),
+            ),
+        ];
+        for (e, r) in refusals {
+            assert_eq!(e.status().as_u16(), r.status(), "{e}");
+        }
+    }
+
     #[test]
     fn errors_classify_themselves() {
         let e = ProxyError::UpstreamTimeout {

@@ -4,3 +4,4 @@
 
 pub mod eval;
 pub mod plot;
+pub mod sim;

@@ -1,5 +1,7 @@
 //! Charts as SVG files.
 
+pub mod sim;
+
 use plotters::prelude::*;
 use std::path::Path;
 

@@ -331,6 +331,29 @@ pub enum Refused {
     NoEndpoint(NoEndpoint),
 }
 
+impl Refused {
+    /// The status the client gets: 429 for a rate limit, 503 for shedding, no endpoint or an
+    /// open circuit.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refused::Admission(Refusal::RateLimited { .. }) => 429,
+            Refused::Admission(Refusal::Overloaded { .. }) | Refused::NoEndpoint(_) => 503,
+        }
+    }
+}
+
+impl TryFailure {
+    /// The status the client gets when this is the last try's failure: 504 for a timeout,
+    /// 502 for a connection that failed, the upstream's own status otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            TryFailure::Connect | TryFailure::Reset => 502,
+            TryFailure::Timeout => 504,
+            TryFailure::Status(s) => *s,
+        }
+    }
+}
+
 /// What the driver does with an arriving (or dequeued) request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Start {
