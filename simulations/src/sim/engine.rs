@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -303,6 +303,9 @@ pub struct Engine<'a> {
     seed: u64,
     clock: Arc<ManualClock>,
     heap: BinaryHeap<Entry>,
+    /// Events pushed in time order (mostly try and queue deadlines, each a fixed time ahead):
+    /// kept out of the heap so it stays as small as what is in service.
+    fifo: VecDeque<Entry>,
     seq: u64,
     now: Nanos,
     instances: Vec<Instance>,
@@ -413,6 +416,7 @@ impl<'a> Engine<'a> {
             seed: prep.seed,
             clock,
             heap: BinaryHeap::with_capacity(4096),
+            fifo: VecDeque::with_capacity(4096),
             seq: 0,
             now: Nanos(0),
             instances,
@@ -469,11 +473,32 @@ impl<'a> Engine<'a> {
 
     fn push(&mut self, at: Nanos, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Entry {
+        let e = Entry {
             at: at.0,
             seq: self.seq,
             ev,
-        });
+        };
+        // The fifo stays sorted by (at, seq): seq only grows, and only events no earlier than
+        // its last go in.
+        if self.fifo.back().is_none_or(|b| e.at >= b.at) {
+            self.fifo.push_back(e);
+        } else {
+            self.heap.push(e);
+        }
+    }
+
+    /// The earliest event of the heap and the fifo (by time, then scheduling order).
+    fn pop(&mut self) -> Option<Entry> {
+        let fifo_first = match (self.heap.peek(), self.fifo.front()) {
+            (Some(h), Some(f)) => (f.at, f.seq) < (h.at, h.seq),
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if fifo_first {
+            self.fifo.pop_front()
+        } else {
+            self.heap.pop()
+        }
     }
 
     fn next_token(&mut self) -> u64 {
@@ -489,7 +514,7 @@ impl<'a> Engine<'a> {
     pub fn run(mut self, progress: &mut dyn FnMut(usize, usize)) -> RunResult {
         let total = self.prep.arrivals.len();
         let mut reported = 0;
-        while let Some(Entry { at, ev, .. }) = self.heap.pop() {
+        while let Some(Entry { at, ev, .. }) = self.pop() {
             self.now = Nanos(at);
             self.clock.set(self.now);
             self.events += 1;

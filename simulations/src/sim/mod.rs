@@ -247,7 +247,7 @@ fn poisson(rate: f64, duration: Duration, seed: u64) -> Trace {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x504f_4953);
     let mut t = 0.0;
     let end = duration.as_secs_f64();
-    let mut arrivals = Vec::new();
+    let mut arrivals = Vec::with_capacity((rate * end * 1.01) as usize + 16);
     loop {
         let u: f64 = rng.random();
         t += -(1.0 - u).ln() / rate;
