@@ -2,37 +2,10 @@
 //! plots are written, the forecaster beats the seasonal naive baseline, the detector beats
 //! NAB's windowedGaussian in NAB's own result layout, and bad arguments get clear errors.
 
+mod common;
+
+use common::{cmd, fails, ok};
 use std::path::PathBuf;
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_vivremotion");
-
-fn cmd() -> Command {
-    let mut c = Command::new(BIN);
-    c.env(
-        "VIVREMOTION_DATASETS",
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"),
-    );
-    c
-}
-
-/// Runs to success and returns stdout.
-fn ok(c: &mut Command) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs to failure and returns stderr.
-fn fails(c: &mut Command) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[test]
 fn eval_forecast_writes_a_report_and_beats_seasonal_naive_on_servegen() {

@@ -19,7 +19,8 @@ fn engine(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("p2c_ewma_retries_limit", |b| {
         b.iter(|| {
-            let r = sim::run_one(&s, &prep, "p2c-ewma", &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+            let r = sim::run_one(&s, &prep, "p2c-ewma", &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(r.totals.requests, prep.arrivals.len() as u64);
             r.totals.ok
         })

@@ -29,6 +29,34 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vivremotion");
 
+/// The binary as a command, with the development datasets as its dataset root.
+pub fn cmd() -> Command {
+    let mut c = Command::new(BIN);
+    c.env(
+        "VIVREMOTION_DATASETS",
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"),
+    );
+    c
+}
+
+/// Runs to success and returns stdout.
+pub fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs to failure and returns stderr.
+pub fn fails(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("run: {e}"));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A running `vivremotion proxy`, killed on drop.
 pub struct Proxy {
     pub child: Child,

@@ -30,7 +30,7 @@ pub enum ScenarioError {
         path: String,
         message: String,
     },
-    #[error("{file}: proxy config: {message}")]
+    #[error("{file}: {message}")]
     ProxyConfig { file: String, message: String },
     #[error("{file}: trace: {source}")]
     Trace {
@@ -40,6 +40,10 @@ pub enum ScenarioError {
     },
     #[error("unknown scenario {name:?}; `vivremotion sim list` shows the shipped ones")]
     Unknown { name: String },
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -378,7 +382,8 @@ pub fn parse(
             ScenarioError::Field {
                 file: file.to_string(),
                 path: e.path().to_string(),
-                message: e.inner().to_string(),
+                // The toml value deserializer appends "in `table`"; the path says where.
+                message: first_line(&e.inner().to_string()),
             }
         })?;
     let field = |path: &str, message: String| ScenarioError::Field {
@@ -407,7 +412,18 @@ pub fn parse(
     };
     let config = Config::parse(&config_text).map_err(|e| ScenarioError::ProxyConfig {
         file: file.to_string(),
-        message: e.to_string(),
+        message: match (&f.proxy_config, e.field_errors()) {
+            // Inline: the config's lines are not the scenario's, so name the field in full.
+            (Some(_), errs) if !errs.is_empty() => errs
+                .iter()
+                .map(|x| format!("proxy_config.{}: {}", x.path, x.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => format!(
+                "{}: {e}",
+                f.proxies.config.as_deref().unwrap_or("proxy_config")
+            ),
+        },
     })?;
     let route = match &f.proxies.route {
         Some(r) if config.routes.iter().any(|x| &x.name == r) => r.clone(),
