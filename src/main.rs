@@ -310,9 +310,9 @@ fn run_datasets(_: Option<PathBuf>, _: u64, _: DatasetsCommand) -> Result<()> {
     anyhow::bail!("this binary was built without the datasets (cargo feature `sim`); rebuild with default features")
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour codes only where a person reads them: not in files, pipes or journald.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -326,7 +326,13 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // The simulator runs the decision core, whose logs (ejections, breakers) carry wall-clock
+    // times that mean nothing there: its report's decision timeline has them on virtual time.
+    let default_filter = match cli.command {
+        Command::Sim { .. } => "info,vivremotion_decide=off",
+        _ => "info",
+    };
+    init_logs(cli.log_format, default_filter);
     let result = match cli.command {
         Command::CheckConfig { config } => return check_config(&config.path()),
         Command::Proxy { config } => run_proxy(config.path()),
