@@ -20,19 +20,17 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-type Chart<'a, 'b> = ChartContext<
-    'a,
-    SVGBackend<'b>,
-    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
->;
+/// A chart over simulated seconds, with any y axis (linear or log).
+type Chart<'a, 'b, Y> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
 fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
 
 /// Shades every backend fault (and surge or partition) over the chart's height.
-fn shade_faults(
-    chart: &mut Chart<'_, '_>,
+fn shade_faults<Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'_, '_, Y>,
     r: &Results,
     x1: f64,
     y0: f64,
@@ -51,6 +49,19 @@ fn shade_faults(
         }))
         .map_err(e)?;
     Ok(())
+}
+
+fn legend<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'a, 'b, Y>,
+    at: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .position(at)
+        .draw()
+        .map_err(e)
 }
 
 fn span(r: &Results) -> f64 {
@@ -108,18 +119,7 @@ fn latency(r: &Results, path: &Path) -> Result<(), String> {
         .y_desc("p99 latency, ms (log)")
         .draw()
         .map_err(e)?;
-    let red = RGBColor(214, 39, 40);
-    chart
-        .draw_series(r.faults.iter().map(|f| {
-            let a = f.from.as_secs_f64();
-            let b = if f.until == std::time::Duration::MAX {
-                x1
-            } else {
-                f.until.as_secs_f64().min(x1)
-            };
-            Rectangle::new([(a, lo), (b, hi)], red.mix(0.10).filled())
-        }))
-        .map_err(e)?;
+    shade_faults(&mut chart, r, x1, lo, hi)?;
     for (i, policy) in r.policies.iter().enumerate() {
         let Some(s) = r.series.get(policy) else {
             continue;
@@ -136,13 +136,7 @@ fn latency(r: &Results, path: &Path) -> Result<(), String> {
             .label(policy.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(e)
 }
 
@@ -215,13 +209,7 @@ fn shares(r: &Results, path: &Path) -> Result<(), String> {
             }
         }
         if pi == 0 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.4))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(e)?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
     }
     root.present().map_err(e)
@@ -280,13 +268,7 @@ fn limits(r: &Results, path: &Path) -> Result<(), String> {
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
     }
     if any {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     } else {
         chart
             .draw_series(std::iter::once(Text::new(
