@@ -227,6 +227,37 @@ enum SimCommand {
         #[arg(long)]
         no_plots: bool,
     },
+    /// Drive a running proxy open-loop at a trace's arrival times (each request sent when it
+    /// is due, its latency measured from then) and print the table `sim run` prints.
+    Replay {
+        /// A name from `datasets list`.
+        #[arg(long)]
+        trace: String,
+        /// FROM..TO, offsets from the trace's start (e.g. 13h..13h5m).
+        #[arg(long)]
+        slice: Option<String>,
+        /// Arrivals ×k.
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// Where to send: a URL on the proxy's listener.
+        #[arg(long)]
+        target: String,
+        /// Play the trace this many times faster.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Seed of the arrivals generated from counts.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give up on a request after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        timeout: std::time::Duration,
+        /// Write results.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Dataset root (default: $VIVREMOTION_DATASETS, else ../shared/datasets).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -237,6 +268,8 @@ enum ExportFormat {
 
 #[cfg(feature = "sim")]
 mod datasets_cli;
+#[cfg(feature = "sim")]
+mod replay;
 
 #[cfg(feature = "sim")]
 fn run_datasets(root: Option<PathBuf>, seed: u64, command: DatasetsCommand) -> Result<()> {
@@ -292,6 +325,56 @@ fn run_sim(command: SimCommand) -> Result<()> {
             root,
             no_plots,
         } => datasets_cli::sim_run(&scenario, &policies, &seeds, &out, root, !no_plots),
+        SimCommand::Replay {
+            trace,
+            slice,
+            rate_scale,
+            target,
+            speed,
+            seed,
+            timeout,
+            out,
+            root,
+        } => {
+            let target: http::Uri = target
+                .parse()
+                .with_context(|| format!("--target {target:?} is not a URL"))?;
+            anyhow::ensure!(
+                target.scheme_str() == Some("http") && target.authority().is_some(),
+                "--target {target}: give an http:// URL with a host and port"
+            );
+            let spec = vivremotion_simulations::sim::scenario::TraceSpec {
+                dataset: trace.clone(),
+                slice,
+                rate_scale,
+                time_scale: 1.0,
+                rate: None,
+            };
+            let root = vivremotion_datasets::catalog::root(root.as_deref());
+            let prep = vivremotion_simulations::sim::prepare_from(
+                &vivremotion_simulations::sim::TraceInput {
+                    spec: &spec,
+                    duration: None,
+                    mix: &[],
+                    faults: &[],
+                    tick_ms: 1000,
+                },
+                &root,
+                seed,
+            )?;
+            let summary = control_runtime()?.block_on(replay::run(&replay::Args {
+                arrivals: &prep.arrivals,
+                target,
+                speed,
+                timeout,
+                trace: &trace,
+            }))?;
+            replay::print(&summary);
+            if let Some(out) = out {
+                replay::write(&out, &summary)?;
+            }
+            Ok(())
+        }
     }
 }
 

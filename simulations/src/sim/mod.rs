@@ -143,9 +143,35 @@ fn controller<'a>(s: &'a Scenario, policy: &str) -> Box<dyn controller::Controll
 /// Default Unix time of a run whose trace has no absolute start: 2026-01-01T00:00:00Z.
 const DEFAULT_START_MS: u64 = 1_767_225_600_000;
 
-/// The arrivals of `seed`: the trace's slice, scaled, surged and given priorities.
+/// What arrivals are made of: the trace and its slice, the run's length, the priority mix
+/// and the faults (surges change the arrivals).
+pub struct TraceInput<'a> {
+    pub spec: &'a scenario::TraceSpec,
+    pub duration: Option<Duration>,
+    pub mix: &'a [scenario::ClassShare],
+    pub faults: &'a [scenario::Fault],
+    /// The telemetry tick: the run starts on a multiple of it.
+    pub tick_ms: u64,
+}
+
+/// The arrivals of `seed` for a scenario.
 pub fn prepare(s: &Scenario, root: &Path, seed: u64) -> Result<Prepared, SimError> {
-    let t = &s.file.trace;
+    prepare_from(
+        &TraceInput {
+            spec: &s.file.trace,
+            duration: s.file.duration,
+            mix: &s.file.mix,
+            faults: &s.faults,
+            tick_ms: s.config.telemetry.tick.as_millis() as u64,
+        },
+        root,
+        seed,
+    )
+}
+
+/// The arrivals of `seed`: the trace's slice, scaled, surged and given priorities.
+pub fn prepare_from(input: &TraceInput<'_>, root: &Path, seed: u64) -> Result<Prepared, SimError> {
+    let t = input.spec;
     let name = t.dataset.clone();
     let terr = |source| SimError::Trace {
         name: name.clone(),
@@ -163,7 +189,7 @@ pub fn prepare(s: &Scenario, root: &Path, seed: u64) -> Result<Prepared, SimErro
     let mut trace = if t.dataset == "poisson" {
         poisson(
             t.rate.unwrap_or(1.0),
-            s.file.duration.unwrap_or(Duration::from_secs(60)),
+            input.duration.unwrap_or(Duration::from_secs(60)),
             seed,
         )
     } else {
@@ -194,7 +220,7 @@ pub fn prepare(s: &Scenario, root: &Path, seed: u64) -> Result<Prepared, SimErro
     if t.rate_scale != 1.0 {
         trace = trace.scale_rate(t.rate_scale, seed).map_err(terr)?;
     }
-    let limit_ns = s.file.duration.map(|d| d.as_nanos() as u64);
+    let limit_ns = input.duration.map(|d| d.as_nanos() as u64);
     let first = trace.arrivals.first().map_or(0, |a| a.t_us.max(0));
     let mut arrivals: Vec<Arrival> = trace
         .arrivals
@@ -206,13 +232,13 @@ pub fn prepare(s: &Scenario, root: &Path, seed: u64) -> Result<Prepared, SimErro
         })
         .filter(|a| limit_ns.is_none_or(|l| a.t_ns < l))
         .collect();
-    surge(&mut arrivals, s, seed);
+    surge(&mut arrivals, input.faults, seed);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5052_494f);
-    let total: f64 = s.file.mix.iter().map(|c| c.share).sum();
+    let total: f64 = input.mix.iter().map(|c| c.share).sum();
     for a in &mut arrivals {
         if total > 0.0 {
             let mut u = rng.random::<f64>() * total;
-            for c in &s.file.mix {
+            for c in input.mix {
                 if u < c.share {
                     a.priority = c.priority;
                     break;
@@ -229,7 +255,7 @@ pub fn prepare(s: &Scenario, root: &Path, seed: u64) -> Result<Prepared, SimErro
     let mut services: Vec<u64> = arrivals.iter().filter_map(|a| a.service_ns).collect();
     services.sort_unstable();
     let trace_median_ns = services.get(services.len() / 2).map(|x| *x as f64);
-    let tick_ms = (s.config.telemetry.tick.as_millis() as u64).max(1);
+    let tick_ms = input.tick_ms.max(1);
     let start = trace
         .start_unix_ms
         .and_then(|x| u64::try_from(x).ok())
@@ -264,9 +290,8 @@ fn poisson(rate: f64, duration: Duration, seed: u64) -> Trace {
 
 /// Load surges: within each surge the arrival rate is ×factor (reached linearly over the
 /// ramp): arrivals are thinned below 1 and copied (with up to 100 ms of jitter) above.
-fn surge(arrivals: &mut Vec<Arrival>, s: &Scenario, seed: u64) {
-    let surges: Vec<(u64, u64, f64, u64)> = s
-        .faults
+fn surge(arrivals: &mut Vec<Arrival>, faults: &[scenario::Fault], seed: u64) {
+    let surges: Vec<(u64, u64, f64, u64)> = faults
         .iter()
         .filter_map(|f| match f.kind {
             FaultKind::Surge { factor, ramp } => Some((
