@@ -186,12 +186,11 @@ pub fn prepare_from(input: &TraceInput<'_>, root: &Path, seed: u64) -> Result<Pr
     };
     let from_ms = from.map_or(0, |d| d.as_millis() as i64);
     let to_ms = to.map(|d| d.as_millis() as i64);
+    let synthetic_span = input.duration.unwrap_or(Duration::from_secs(60));
     let mut trace = if t.dataset == "poisson" {
-        poisson(
-            t.rate.unwrap_or(1.0),
-            input.duration.unwrap_or(Duration::from_secs(60)),
-            seed,
-        )
+        poisson(t.rate.unwrap_or(1.0), synthetic_span, seed)
+    } else if t.dataset == "paced" {
+        paced(t.rate.unwrap_or(1.0), synthetic_span)
     } else {
         match catalog::load(root, &t.dataset).map_err(terr)? {
             Data::Series(v) => {
@@ -286,6 +285,18 @@ fn poisson(rate: f64, duration: Duration, seed: u64) -> Trace {
         });
     }
     Trace::new("poisson", None, arrivals)
+}
+
+/// Evenly spaced arrivals, as a paced load generator sends them.
+fn paced(rate: f64, duration: Duration) -> Trace {
+    let n = (rate * duration.as_secs_f64()) as usize;
+    let arrivals = (0..n)
+        .map(|i| vivremotion_datasets::Arrival {
+            t_us: (i as f64 * 1e6 / rate) as i64,
+            ..Default::default()
+        })
+        .collect();
+    Trace::new("paced", None, arrivals)
 }
 
 /// Load surges: within each surge the arrival rate is ×factor (reached linearly over the

@@ -84,7 +84,8 @@ pub struct ScenarioFile {
 #[serde(deny_unknown_fields)]
 pub struct TraceSpec {
     /// A name from `vivremotion datasets list` (per-second counts, request traces, ServeGen
-    /// clients), or `poisson` for a synthetic Poisson stream at `rate`.
+    /// clients), or `poisson` (a Poisson stream at `rate`) or `paced` (evenly spaced at `rate`,
+    /// as a load generator sends).
     pub dataset: String,
     /// `FROM..TO`, offsets from the trace's start (`13h..13h10m`); default: all of it.
     #[serde(default)]
@@ -474,27 +475,28 @@ fn check(
             return Err(field(path, format!("{v} is outside (0, 1000]")));
         }
     }
-    if t.dataset == "poisson" {
+    if t.dataset == "poisson" || t.dataset == "paced" {
         match t.rate {
             Some(r) if r.is_finite() && r > 0.0 && r <= 1e7 => {}
             Some(r) => return Err(field("trace.rate", format!("{r} is outside (0, 1e7]"))),
             None => {
                 return Err(field(
                     "trace.rate",
-                    "missing: a poisson trace needs a rate (requests per second)".into(),
+                    "missing: a synthetic trace needs a rate (requests per second)".into(),
                 ))
             }
         }
         if f.duration.is_none() {
             return Err(field(
                 "duration",
-                "missing: a poisson trace needs a duration".into(),
+                "missing: a synthetic trace needs a duration".into(),
             ));
         }
     } else if t.rate.is_some() {
         return Err(field(
             "trace.rate",
-            "only for dataset = \"poisson\"; scale a real trace with rate_scale".into(),
+            "only for dataset = \"poisson\" or \"paced\"; scale a real trace with rate_scale"
+                .into(),
         ));
     }
     if let Some(s) = &t.slice {
