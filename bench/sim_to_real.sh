@@ -28,9 +28,7 @@ import json, re, statistics, sys
 tmp = sys.argv[1]
 live = [float(x) for x in open(f"{tmp}/live_share").read().split()]
 r = json.load(open(f"{tmp}/slow/results.json"))
-# The simulated share from the series of every seed is not kept (first seed only), so the
-# share over seeds comes from re-reading each run's totals is not possible; use the first
-# seed's series, window ends in (6 s, 8 s].
+# results.json keeps the first seed's series: the share over the windows ending in (6 s, 8 s].
 slow, total = 0, 0
 for p in r["series"]["static"]:
     if 6.0 < p["t_s"] <= 8.0 + 1e-9:
@@ -46,10 +44,9 @@ print(f"  simulator   {sim_share:.1f} % (seed 1)")
 print(f"  gap         {sim_share - lm:+.1f} points (target: within 3)")
 
 def parse(line):
-    m = re.findall(r"(critical|default|sheddable) ([0-9.]+) % ok p99 ([0-9.]+)(µs|ms|s)", line.replace(" (n=", " ("))
     out = {}
-    for c, ok, p99, unit in re.findall(r"(critical|default|sheddable) ([0-9.]+) %(?: ok)? p99 ([0-9.]+)(µs|ms|s)", line):
-        scale = {"µs": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    for c, ok, p99, unit in re.findall(r"(critical|default|sheddable) ([0-9.]+) %(?: ok)? p99 ([0-9.]+)(ns|µs|ms|s)", line):
+        scale = {"ns": 1e-6, "µs": 0.001, "ms": 1.0, "s": 1000.0}[unit]
         out[c] = (float(ok), float(p99) * scale)
     return out
 lives = [parse(l) for l in open(f"{tmp}/live_overload") if l.strip()]
@@ -65,5 +62,6 @@ for c in ["critical", "default", "sheddable"]:
     lok = statistics.median([x[0] for x in lv]) if lv else float("nan")
     lp = statistics.median([x[1] for x in lv]) if lv else float("nan")
     sok, sp = sim(c)
-    print(f"  {c:<9} live {lok:6.2} % ok, p99 {lp:6.1f} ms | sim {sok:6.2} % ok, p99 {sp:6.1f} ms | gap {sok - lok:+.2f} points, p99 {100*(sp-lp)/lp if lp else float('nan'):+.0f} %")
+    gap_p99 = f"{100 * (sp - lp) / lp:+.0f} %" if lp > 0 else "n/a"
+    print(f"  {c:<9} live {lok:6.2f} % ok, p99 {lp:6.1f} ms | sim {sok:6.2f} % ok, p99 {sp:6.1f} ms | gap {sok - lok:+.2f} points, p99 {gap_p99}")
 PY
