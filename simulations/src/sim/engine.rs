@@ -326,6 +326,8 @@ pub struct Engine<'a> {
     partitioned: bool,
     bus_delay: Duration,
     tick: Duration,
+    /// Requests arriving before this are left out of the totals.
+    warmup: Nanos,
     classes: [ClassAcc; 3],
     batches: Vec<TelemetryBatch>,
     decisions: Vec<Decision>,
@@ -437,6 +439,7 @@ impl<'a> Engine<'a> {
             partitioned: false,
             bus_delay: scenario.file.bus.delay,
             tick,
+            warmup: Nanos::from_duration(scenario.file.warmup.unwrap_or_default()),
             classes: [ClassAcc::new(), ClassAcc::new(), ClassAcc::new()],
             batches: Vec::new(),
             decisions: Vec::new(),
@@ -870,6 +873,9 @@ impl<'a> Engine<'a> {
             o.upstream_status = Some(s);
         }
         core.route_stats.finish(r.worker, &o, true);
+        if r.t0 < self.warmup {
+            return;
+        }
         let c = &mut self.classes[class_index(r.flow.priority())];
         c.requests += 1;
         match fate {
@@ -1135,7 +1141,11 @@ impl<'a> Engine<'a> {
 
     fn finish(mut self) -> RunResult {
         let mut totals = Totals {
-            span_s: self.prep.span.as_secs_f64(),
+            span_s: self
+                .prep
+                .span
+                .saturating_sub(self.warmup.saturating_since(Nanos(0)))
+                .as_secs_f64(),
             ..Totals::default()
         };
         for inst in &self.instances {

@@ -246,6 +246,8 @@ pub struct Results {
     pub policies: Vec<String>,
     pub seeds: Vec<u64>,
     pub faults: Vec<super::scenario::Fault>,
+    /// Requests arriving before this were left out of the numbers.
+    pub warmup_s: Option<f64>,
     pub summary: Vec<PolicySummary>,
     pub runs: BTreeMap<String, Vec<RunNumbers>>,
     /// First seed's time series per policy.
@@ -288,6 +290,7 @@ pub fn results(s: &Scenario, runs: &[RunResult], start_ms: &BTreeMap<u64, u64>) 
         policies,
         seeds,
         faults: s.faults.clone(),
+        warmup_s: s.file.warmup.map(|d| d.as_secs_f64()),
         runs: by,
         series: series_map,
         decisions,
@@ -318,6 +321,12 @@ pub fn markdown(r: &Results, plots: &[(&str, &str)]) -> String {
         r.route,
         seeds.join(", ")
     );
+    if let Some(w) = r.warmup_s {
+        let _ = writeln!(
+            o,
+            "Requests arriving in the first {w} s (warm-up) are simulated but not counted.\n"
+        );
+    }
     if !r.faults.is_empty() {
         let _ = writeln!(o, "Faults:");
         for f in &r.faults {

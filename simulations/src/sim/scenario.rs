@@ -65,6 +65,10 @@ pub struct ScenarioFile {
     /// Simulated time; default: the whole slice.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub duration: Option<Duration>,
+    /// Requests that arrive before this are simulated but left out of the totals (a load
+    /// generator's ramp-up, as the live tests leave it out).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub warmup: Option<Duration>,
     /// Share of requests per priority class (default: all `default`).
     #[serde(default)]
     pub mix: Vec<ClassShare>,
