@@ -335,46 +335,17 @@ fn run_sim(command: SimCommand) -> Result<()> {
             timeout,
             out,
             root,
-        } => {
-            let target: http::Uri = target
-                .parse()
-                .with_context(|| format!("--target {target:?} is not a URL"))?;
-            anyhow::ensure!(
-                target.scheme_str() == Some("http") && target.authority().is_some(),
-                "--target {target}: give an http:// URL with a host and port"
-            );
-            let spec = vivremotion_simulations::sim::scenario::TraceSpec {
-                dataset: trace.clone(),
-                slice,
-                rate_scale,
-                time_scale: 1.0,
-                rate: None,
-            };
-            let root = vivremotion_datasets::catalog::root(root.as_deref());
-            let prep = vivremotion_simulations::sim::prepare_from(
-                &vivremotion_simulations::sim::TraceInput {
-                    spec: &spec,
-                    duration: None,
-                    mix: &[],
-                    faults: &[],
-                    tick_ms: 1000,
-                },
-                &root,
-                seed,
-            )?;
-            let summary = control_runtime()?.block_on(replay::run(&replay::Args {
-                arrivals: &prep.arrivals,
-                target,
-                speed,
-                timeout,
-                trace: &trace,
-            }))?;
-            replay::print(&summary);
-            if let Some(out) = out {
-                replay::write(&out, &summary)?;
-            }
-            Ok(())
-        }
+        } => replay::command(replay::Command {
+            trace,
+            slice,
+            rate_scale,
+            target,
+            speed,
+            seed,
+            timeout,
+            out,
+            root,
+        }),
     }
 }
 

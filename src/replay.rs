@@ -17,7 +17,64 @@ use tokio::time::Instant;
 use vivremotion_protocol::telemetry::Priority;
 use vivremotion_simulations::sim::engine::Arrival;
 
-pub struct Args<'a> {
+/// `sim replay` as given on the command line.
+pub struct Command {
+    pub trace: String,
+    pub slice: Option<String>,
+    pub rate_scale: f64,
+    pub target: String,
+    pub speed: f64,
+    pub seed: u64,
+    pub timeout: Duration,
+    pub out: Option<std::path::PathBuf>,
+    pub root: Option<std::path::PathBuf>,
+}
+
+/// Checks the target, prepares the slice's arrivals as the simulator does, replays them,
+/// prints the table and writes `results.json` if asked.
+pub fn command(c: Command) -> Result<()> {
+    let target: http::Uri = c
+        .target
+        .parse()
+        .with_context(|| format!("--target {:?} is not a URL", c.target))?;
+    anyhow::ensure!(
+        target.scheme_str() == Some("http") && target.authority().is_some(),
+        "--target {target}: give an http:// URL with a host and port"
+    );
+    let spec = vivremotion_simulations::sim::scenario::TraceSpec {
+        dataset: c.trace.clone(),
+        slice: c.slice,
+        rate_scale: c.rate_scale,
+        time_scale: 1.0,
+        rate: None,
+    };
+    let root = vivremotion_datasets::catalog::root(c.root.as_deref());
+    let prep = vivremotion_simulations::sim::prepare_from(
+        &vivremotion_simulations::sim::TraceInput {
+            spec: &spec,
+            duration: None,
+            mix: &[],
+            faults: &[],
+            tick_ms: 1000,
+        },
+        &root,
+        c.seed,
+    )?;
+    let summary = crate::control_runtime()?.block_on(run(&Args {
+        arrivals: &prep.arrivals,
+        target,
+        speed: c.speed,
+        timeout: c.timeout,
+        trace: &c.trace,
+    }))?;
+    print(&summary);
+    if let Some(out) = c.out {
+        write(&out, &summary)?;
+    }
+    Ok(())
+}
+
+struct Args<'a> {
     pub arrivals: &'a [Arrival],
     pub target: http::Uri,
     pub speed: f64,
@@ -82,7 +139,7 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
 
 // Replay measures real time: it is the binary's edge, not decision code.
 #[allow(clippy::disallowed_methods)]
-pub async fn run(a: &Args<'_>) -> Result<Summary> {
+async fn run(a: &Args<'_>) -> Result<Summary> {
     anyhow::ensure!(!a.arrivals.is_empty(), "the trace slice has no arrivals");
     anyhow::ensure!(
         a.speed.is_finite() && a.speed > 0.0,
@@ -231,7 +288,7 @@ fn summarize(a: &Args<'_>, recs: &[Rec], sent_span: Duration) -> Summary {
 }
 
 /// The table `sim run` prints, for one live run.
-pub fn print(s: &Summary) {
+fn print(s: &Summary) {
     println!(
         "replayed {} requests of {} against {} at speed {}: trace rate {:.2}/s, sent {:.2}/s ({:+.2} %), send lag p99 {:.2} ms",
         s.requests, s.trace, s.target, s.speed, s.trace_rate, s.sent_rate, s.rate_error_percent, s.send_lag_p99_ms
@@ -274,7 +331,7 @@ pub fn print(s: &Summary) {
     println!("  statuses: {}", st.join(", "));
 }
 
-pub fn write(out: &Path, s: &Summary) -> Result<()> {
+fn write(out: &Path, s: &Summary) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(s)?;
     std::fs::write(out.join("results.json"), json)

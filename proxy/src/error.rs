@@ -228,7 +228,8 @@ pub fn log_answer(err: &ProxyError, request_id: &str, now_s: u64) {
 mod tests {
     use super::*;
 
-    /// The simulator answers with the decision core's statuses; the proxy's errors must agree.
+    /// The simulator answers and counts failures with the decision core's statuses and kinds;
+    /// the proxy's errors must agree.
     #[test]
     fn statuses_agree_with_the_decision_core() {
         use vivremotion_decide::flow::{NoEndpoint, Refused, TryFailure};
@@ -260,6 +261,7 @@ mod tests {
         ];
         for (e, f) in failures {
             assert_eq!(e.status().as_u16(), f.status(), "{e}");
+            assert_eq!(e.upstream_failure(), f.upstream_failure(), "{e}");
         }
         let refusals = [
             (

@@ -154,10 +154,9 @@ impl Shared {
     }
 
     fn apply_policy_inner(&self, policy: Policy) -> Result<u64, PolicyRejected> {
-        policy.validate()?;
         let _g = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.snapshot.load_full();
-        policy.check_newer_than(cur.policy_version())?;
+        vivremotion_decide::build::admit_policy(&policy, cur.policy_version())?;
         let version = policy.version;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let built = snapshot::build(

@@ -13,10 +13,13 @@ use crate::flow::{RetryBudgets, RouteCore};
 use crate::guard::breaker::BreakerState;
 use crate::limits::registry::LimitRegistry;
 use crate::telemetry::collector::InForceView;
+use crate::telemetry::Collector;
 use crate::telemetry::{ScopeStats, StatsRegistry};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use vivremotion_protocol::policy::PolicyError;
 use vivremotion_protocol::telemetry::Scope;
+use vivremotion_protocol::telemetry::TelemetryBatch;
 use vivremotion_protocol::{Clock, Nanos, Policy, Telemetry};
 
 /// Scope name of requests answered before any route matched.
@@ -82,6 +85,14 @@ pub struct Cores {
     pub unmatched: Arc<ScopeStats>,
     /// Policy entries that no longer match the config (only when not strict).
     pub warnings: Vec<String>,
+}
+
+/// The checks a policy passes before anything is built from it: well formed, and newer than
+/// the one in force (`current_version`, 0 for none). Then [`cores`] with `strict` checks that
+/// it fits the config.
+pub fn admit_policy(policy: &Policy, current_version: u64) -> Result<(), PolicyError> {
+    policy.validate()?;
+    policy.check_newer_than(current_version)
 }
 
 /// Every reason a new policy does not fit the config, checked before any state changes.
@@ -369,9 +380,28 @@ pub fn with_view<R>(
     })
 }
 
+/// Closes the collector's window ending at `end_ms`: the batch of every scope, with what was
+/// in force and each endpoint's state at `now`.
+#[allow(clippy::too_many_arguments)]
+pub fn close_window(
+    collector: &mut Collector,
+    reg: &Registries,
+    routes: &[RouteRef<'_>],
+    policy_version: u64,
+    config_fingerprint: &str,
+    end_ms: u64,
+    now: Nanos,
+) -> TelemetryBatch {
+    let mut batch = with_view(routes, policy_version, config_fingerprint, |view| {
+        collector.tick(&reg.stats, end_ms, view)
+    });
+    mark_endpoint_state(&reg.endpoints(), &mut batch.windows, now);
+    batch
+}
+
 /// Marks each endpoint window with the endpoint's state at the window's end: ejected,
 /// actively unhealthy, breaker open.
-pub fn mark_endpoint_state(eps: &[Arc<EndpointState>], windows: &mut [Telemetry], now: Nanos) {
+fn mark_endpoint_state(eps: &[Arc<EndpointState>], windows: &mut [Telemetry], now: Nanos) {
     for w in windows.iter_mut() {
         let (Some(c), Some(u)) = (&w.scope.cluster, &w.scope.upstream) else {
             continue;

@@ -25,7 +25,7 @@ use crate::guard::outlier::OutlierConfig;
 use crate::limits::concurrency::{Permit, Wait, WaitState};
 use crate::limits::{Admit, Refusal, RouteLimits};
 use crate::ser::{ser_duration, ser_opt_duration};
-use crate::telemetry::recorder::{Ctr, ScopeStats};
+use crate::telemetry::recorder::{Ctr, ScopeStats, UpstreamFailure};
 use rand::Rng;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -350,6 +350,17 @@ impl TryFailure {
             TryFailure::Connect | TryFailure::Reset => 502,
             TryFailure::Timeout => 504,
             TryFailure::Status(s) => *s,
+        }
+    }
+
+    /// How telemetry counts this failure: a connection that failed or broke, or a timeout;
+    /// an answered status is not a failure kind.
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            TryFailure::Connect => Some(UpstreamFailure::Connect),
+            TryFailure::Reset => Some(UpstreamFailure::Reset),
+            TryFailure::Timeout => Some(UpstreamFailure::Timeout),
+            TryFailure::Status(_) => None,
         }
     }
 }

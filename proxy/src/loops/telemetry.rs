@@ -55,16 +55,20 @@ fn with_view<R>(shared: &Shared, f: impl FnOnce(&InForceView<'_>) -> R) -> R {
 }
 
 fn close_window(shared: &Shared, collector: &std::sync::Mutex<Collector>, end_ms: u64) {
-    let mut batch = with_view(shared, |view| {
-        collector
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .tick(&shared.registries.stats, end_ms, view)
-    });
-    let now = shared.clock.now();
-    build::mark_endpoint_state(&shared.registries.endpoints(), &mut batch.windows, now);
-    shared.telemetry.push(batch);
     let snap = shared.snapshot.load();
+    let now = shared.clock.now();
+    let batch = build::close_window(
+        &mut collector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        &shared.registries,
+        &snap.route_refs(),
+        snap.policy_version(),
+        &snap.config_fingerprint,
+        end_ms,
+        now,
+    );
+    shared.telemetry.push(batch);
     for r in snap.routes.iter() {
         r.clients.sweep(now);
     }

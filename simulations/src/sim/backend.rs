@@ -109,9 +109,7 @@ impl Backend {
         };
         let mut f = self.faults.slow;
         if let Some((from, to, k)) = self.faults.ramp {
-            let span = to.0.saturating_sub(from.0).max(1) as f64;
-            let done = (now.0.saturating_sub(from.0) as f64 / span).clamp(0.0, 1.0);
-            f *= 1.0 + (k - 1.0) * done;
+            f *= super::scenario::ramp(k, from.0, to.0.saturating_sub(from.0), now.0);
         }
         let mut ns = base * f;
         if let Some((extra, share)) = self.faults.spike {

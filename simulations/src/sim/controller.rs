@@ -74,9 +74,9 @@ impl Oracle {
                 FaultKind::Brownout { factor, .. } => factor,
                 FaultKind::LatencySpike { share, .. } => 1.0 - 0.5 * share,
                 FaultKind::LatencyRamp { factor, .. } => {
-                    let span = f.until.saturating_sub(f.from).as_secs_f64().max(1e-9);
-                    let done = (at.saturating_sub(f.from).as_secs_f64() / span).clamp(0.0, 1.0);
-                    1.0 / (1.0 + (factor - 1.0) * done)
+                    let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+                    let len = ns(f.until.saturating_sub(f.from));
+                    1.0 / super::scenario::ramp(factor, ns(f.from), len, ns(at))
                 }
                 FaultKind::Surge { .. } | FaultKind::Partition => 1.0,
             };

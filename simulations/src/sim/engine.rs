@@ -29,7 +29,6 @@ use vivremotion_decide::config::Config;
 use vivremotion_decide::control::Control;
 use vivremotion_decide::flow::{self, Next, Refused, RequestFlow, RouteCore, Start, TryFailure};
 use vivremotion_decide::limits::Refusal;
-use vivremotion_decide::telemetry::recorder::UpstreamFailure;
 use vivremotion_decide::telemetry::{Collector, Outcome};
 use vivremotion_protocol::clock::ManualClock;
 use vivremotion_protocol::sketch::{bucket_index, DENSE_BUCKETS};
@@ -86,9 +85,6 @@ pub struct RunResult {
     #[serde(skip)]
     pub batches: Vec<TelemetryBatch>,
     pub decisions: Vec<Decision>,
-    /// Events processed (for speed reports).
-    #[serde(skip)]
-    pub events: u64,
 }
 
 /// Counts over the whole run.
@@ -331,9 +327,6 @@ pub struct Engine<'a> {
     classes: [ClassAcc; 3],
     batches: Vec<TelemetryBatch>,
     decisions: Vec<Decision>,
-    events: u64,
-    retries_seen: u64,
-    budget_seen: u64,
 }
 
 fn class_index(p: Priority) -> usize {
@@ -443,9 +436,6 @@ impl<'a> Engine<'a> {
             classes: [ClassAcc::new(), ClassAcc::new(), ClassAcc::new()],
             batches: Vec::new(),
             decisions: Vec::new(),
-            events: 0,
-            retries_seen: 0,
-            budget_seen: 0,
         };
         if let Some(a) = prep.arrivals.first() {
             e.push(Nanos(a.t_ns), Ev::Arrival);
@@ -520,7 +510,6 @@ impl<'a> Engine<'a> {
         while let Some(Entry { at, ev, .. }) = self.pop() {
             self.now = Nanos(at);
             self.clock.set(self.now);
-            self.events += 1;
             self.handle(ev);
             self.drain_woken();
             if self.next_arrival >= reported + 65_536 {
@@ -818,12 +807,7 @@ impl<'a> Engine<'a> {
             }
             TryRes::Failed(f) => {
                 o.status = f.status();
-                o.failure = match f {
-                    TryFailure::Connect => Some(UpstreamFailure::Connect),
-                    TryFailure::Reset => Some(UpstreamFailure::Reset),
-                    TryFailure::Timeout => Some(UpstreamFailure::Timeout),
-                    TryFailure::Status(_) => None,
-                };
+                o.failure = f.upstream_failure();
             }
         }
         if let (Some(s), Some(e)) = (core.stats.get(ep), core.endpoints.get(ep)) {
@@ -952,12 +936,15 @@ impl<'a> Engine<'a> {
         let mut end_ms = 0;
         for inst in &mut self.instances {
             end_ms = inst.collector.window_end_ms();
-            let refs = refs(&inst.config, &inst.snap);
-            let version = inst.snap.policy_version();
-            let mut batch = build::with_view(&refs, version, &inst.fingerprint, |view| {
-                inst.collector.tick(&inst.reg.stats, end_ms, view)
-            });
-            build::mark_endpoint_state(&inst.reg.endpoints(), &mut batch.windows, now);
+            let batch = build::close_window(
+                &mut inst.collector,
+                &inst.reg,
+                &refs(&inst.config, &inst.snap),
+                inst.snap.policy_version(),
+                &inst.fingerprint,
+                end_ms,
+                now,
+            );
             for w in &batch.windows {
                 if w.scope.upstream.is_none() {
                     continue;
@@ -1032,9 +1019,7 @@ impl<'a> Engine<'a> {
             return;
         };
         let dyn_clock: Arc<dyn Clock> = self.clock.clone();
-        let outcome = policy
-            .validate()
-            .and_then(|_| policy.check_newer_than(inst.snap.policy_version()))
+        let outcome = build::admit_policy(&policy, inst.snap.policy_version())
             .map_err(|e| e.to_string())
             .and_then(|_| {
                 build_snap(
@@ -1154,8 +1139,6 @@ impl<'a> Engine<'a> {
             totals.retries += t.get(Ctr::Retries);
             totals.retry_budget_exhausted += t.get(Ctr::RetryBudgetExhausted);
         }
-        self.retries_seen = totals.retries;
-        self.budget_seen = totals.retry_budget_exhausted;
         let mut latency = LatencySketch::new();
         let mut classes = Vec::new();
         for (i, p) in Priority::ALL.iter().enumerate() {
@@ -1187,7 +1170,6 @@ impl<'a> Engine<'a> {
             classes,
             batches: std::mem::take(&mut self.batches),
             decisions: std::mem::take(&mut self.decisions),
-            events: self.events,
         }
     }
 }

@@ -323,12 +323,7 @@ fn surge(arrivals: &mut Vec<Arrival>, faults: &[scenario::Fault], seed: u64) {
         let mut k = 1.0;
         for &(from, until, factor, ramp) in &surges {
             if a.t_ns >= from && a.t_ns < until {
-                let done = if ramp == 0 {
-                    1.0
-                } else {
-                    ((a.t_ns - from) as f64 / ramp as f64).min(1.0)
-                };
-                k *= 1.0 + (factor - 1.0) * done;
+                k *= scenario::ramp(factor, from, ramp, a.t_ns);
             }
         }
         let whole = k.floor();

@@ -311,6 +311,17 @@ impl FaultKind {
     }
 }
 
+/// The multiplier of a change that grows linearly from ×1 at `from` to ×`factor` after
+/// `len` (all in nanoseconds; `len` 0: at once), and stays there.
+pub fn ramp(factor: f64, from: u64, len: u64, now: u64) -> f64 {
+    let done = if len == 0 {
+        1.0
+    } else {
+        (now.saturating_sub(from) as f64 / len as f64).min(1.0)
+    };
+    1.0 + (factor - 1.0) * done
+}
+
 /// A scenario ready to run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
